@@ -1,0 +1,103 @@
+"""Typed records the stream's stages hand each other.
+
+Frozen, slotted dataclasses: they are created once per line on the hot path, so they stay
+small and never carry the raw bytes further than the decoding stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+Label = Literal["normal", "abnormal"]
+VerdictLabel = Literal["normal", "abnormal", "unknown"]
+
+
+class WindowKind(str, Enum):
+    SESSION = "session"
+    COUNT = "count"
+    TIME = "time"
+
+
+class JudgeMode(str, Enum):
+    TEMPLATE = "template"
+    WINDOW = "window"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Where a record came from: a Kafka position, or a file and line number for replay."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One input record decoded to text (JSON envelopes already unwrapped)."""
+
+    source: SourceRef
+    line: str
+    key: str | None = None
+    timestamp_ms: int | None = None  # the Kafka record timestamp, the fallback event time
+    host: str | None = None  # from a JSON envelope field, overrides the profile's
+    event_time_ms: int | None = None  # from a JSON envelope field, overrides the profile's
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A Drain3 template identified by the hash of its text, stable across miners and restarts."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLog:
+    source: SourceRef
+    event_time_ms: int
+    content: str
+    template: Template
+    host: str | None = None
+    level: str | None = None
+    component: str | None = None
+    ground_truth: Label | None = None  # from a label column; never shown to the model
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    partition: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A closed group of lines, judged once."""
+
+    kind: WindowKind
+    key: str
+    start_ms: int
+    end_ms: int
+    lines: int
+    sequence: tuple[str, ...]  # template ids in arrival order
+    templates: dict[str, str] = field(hash=False)  # template id -> text
+    offsets: tuple[OffsetRange, ...]
+    topic: str
+    ground_truth: Label | None = None  # abnormal if any line's label is
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the stream could not use, with enough context to find and replay it."""
+
+    source: SourceRef
+    stage: str  # decode | profile | parse | judge
+    error: str
+    value: bytes
+    key: bytes | None = None
