@@ -7,7 +7,14 @@ import importlib
 
 import pytest
 
-MODULES = ["rationanomaly.model.parser", "rationanomaly.model.prompt"]
+MODULES = [
+    "rationanomaly.model.parser",
+    "rationanomaly.model.prompt",
+    "rationanomaly.model.settings",
+    "rationanomaly.model.classifier",
+    "rationanomaly.model.backends.openai",
+    "rationanomaly.model.backends.transformers",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

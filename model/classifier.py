@@ -1,0 +1,97 @@
+"""Turn backend generations into judgements: parse strictly, retry what failed, else `unknown`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from rationanomaly.model.backends.base import Backend, BackendError, Conversation, Generation
+from rationanomaly.model.parser import VerdictParseError, parse_verdict
+from rationanomaly.model.prompt import PROMPT_VERSION
+
+log = structlog.get_logger(__name__)
+
+JudgementLabel = Literal["normal", "abnormal", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    label: JudgementLabel
+    rationale: str | None
+    reason: str | None  # why the label is "unknown"; None otherwise
+    latency_s: float  # summed over attempts
+    attempts: int
+    raw: str | None  # the last text the model produced, kept for audit and debugging
+
+
+class Classifier:
+    """Judge conversations with a backend, retrying only the items that failed."""
+
+    def __init__(self, backend: Backend, retries: int = 2) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.backend = backend
+        self.retries = retries
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    @property
+    def prompt_version(self) -> str:
+        return PROMPT_VERSION
+
+    def classify(self, conversations: Sequence[Conversation]) -> list[Judgement]:
+        results: list[Judgement | None] = [None] * len(conversations)
+        latency = [0.0] * len(conversations)
+        last_reason: list[str] = ["not attempted"] * len(conversations)
+        last_raw: list[str | None] = [None] * len(conversations)
+        pending = list(range(len(conversations)))
+        attempt = 0
+        while pending and attempt <= self.retries:
+            attempt += 1
+            generations = self.backend.generate([conversations[i] for i in pending])
+            if len(generations) != len(pending):
+                raise BackendError(
+                    f"{self.backend.model_id}: {len(generations)} generations for {len(pending)} conversations"
+                )
+            still_pending = []
+            for index, generation in zip(pending, generations, strict=True):
+                latency[index] += generation.latency_s
+                judgement, reason = _judge(generation, attempt, latency[index])
+                if judgement is not None:
+                    results[index] = judgement
+                    continue
+                last_reason[index] = reason
+                last_raw[index] = generation.text if generation.text is not None else last_raw[index]
+                still_pending.append(index)
+            pending = still_pending
+        for index in pending:
+            log.warning("judgement unknown", reason=last_reason[index], attempts=attempt, model=self.model_id)
+            results[index] = Judgement("unknown", None, last_reason[index], latency[index], attempt, last_raw[index])
+        return [judgement for judgement in results if judgement is not None]
+
+
+def _judge(generation: Generation, attempt: int, latency_s: float) -> tuple[Judgement | None, str]:
+    """A judgement when the generation parses, else the reason it did not."""
+    if generation.error is not None or generation.text is None:
+        return None, failure_reason(generation.error or "no text")
+    try:
+        verdict = parse_verdict(generation.text)
+    except VerdictParseError as error:
+        return None, f"unparseable: {error}"
+    return Judgement(verdict.label, verdict.rationale, None, latency_s, attempt, generation.text), ""
+
+
+def failure_reason(error: str) -> str:
+    """A short, stable reason for a failed generation.
+
+    >>> failure_reason("timeout after 5s (ReadTimeout)")
+    'timeout'
+    >>> failure_reason("http 503: overloaded")
+    'backend error: http 503: overloaded'
+    """
+    return "timeout" if error.startswith("timeout") else f"backend error: {error}"

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from rationanomaly.model.backends import Backend, BackendError, Generation
+from rationanomaly.model.classifier import Classifier, Judgement
+from rationanomaly.model.prompt import PROMPT_VERSION, template_messages
+
+GOOD = "<think>Link failure on node.</think> <answer>abnormal</answer>"
+NORMAL = "<think>Routine message.</think> <answer>normal</answer>"
+
+
+class ScriptedBackend:
+    """Answers each conversation (keyed by its user text) from a script, one entry per call."""
+
+    model_id = "scripted"
+
+    def __init__(self, script: dict[str, list[Generation]]) -> None:
+        self.script = {key: list(values) for key, values in script.items()}
+        self.calls: list[list[str]] = []
+
+    def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[Generation]:
+        keys = [conv[-1]["content"].rsplit(" ", 1)[-1] for conv in conversations]
+        self.calls.append(keys)
+        return [self.script[key].pop(0) for key in keys]
+
+    def close(self) -> None:
+        pass
+
+
+def ok(text: str, latency_s: float = 0.1) -> Generation:
+    return Generation(text, latency_s)
+
+
+def failed(error: str) -> Generation:
+    return Generation(None, 0.5, error=error)
+
+
+def test_fake_satisfies_protocol() -> None:
+    assert isinstance(ScriptedBackend({}), Backend)
+
+
+def test_all_good_in_one_attempt() -> None:
+    backend = ScriptedBackend({"a": [ok(GOOD)], "b": [ok(NORMAL)]})
+    judgements = Classifier(backend).classify([template_messages("a"), template_messages("b")])
+    assert judgements == [
+        Judgement("abnormal", "Link failure on node.", None, 0.1, 1, GOOD),
+        Judgement("normal", "Routine message.", None, 0.1, 1, NORMAL),
+    ]
+    assert backend.calls == [["a", "b"]]
+
+
+def test_only_failed_items_are_retried_and_order_kept() -> None:
+    backend = ScriptedBackend(
+        {
+            "a": [ok(GOOD)],
+            "b": [ok("garbage"), ok(NORMAL)],
+            "c": [failed("http 503: busy"), failed("connection error: refused"), ok(GOOD)],
+        }
+    )
+    judgements = Classifier(backend, retries=2).classify([template_messages(k) for k in "abc"])
+    assert backend.calls == [["a", "b", "c"], ["b", "c"], ["c"]]
+    assert [j.label for j in judgements] == ["abnormal", "normal", "abnormal"]
+    assert [j.attempts for j in judgements] == [1, 2, 3]
+    assert judgements[1].latency_s == pytest.approx(0.2)
+    assert judgements[2].latency_s == pytest.approx(1.1)
+
+
+def test_unparseable_becomes_unknown_with_reason_and_raw() -> None:
+    backend = ScriptedBackend({"a": [ok("I think it is fine."), ok("<answer>normal</answer>")]})
+    (judgement,) = Classifier(backend, retries=1).classify([template_messages("a")])
+    assert judgement.label == "unknown"
+    assert judgement.rationale is None
+    assert judgement.reason == "unparseable: missing <think>"
+    assert judgement.raw == "<answer>normal</answer>"
+    assert judgement.attempts == 2
+
+
+def test_timeout_becomes_unknown_timeout() -> None:
+    backend = ScriptedBackend({"a": [failed("timeout after 5s (ReadTimeout)")] * 3})
+    (judgement,) = Classifier(backend, retries=2).classify([template_messages("a")])
+    assert (judgement.label, judgement.reason, judgement.attempts, judgement.raw) == ("unknown", "timeout", 3, None)
+
+
+def test_backend_error_reason() -> None:
+    backend = ScriptedBackend({"a": [failed("http 400: bad request")]})
+    (judgement,) = Classifier(backend, retries=0).classify([template_messages("a")])
+    assert judgement.reason == "backend error: http 400: bad request"
+    assert judgement.attempts == 1
+
+
+def test_keeps_raw_text_of_earlier_unparseable_attempt_after_error() -> None:
+    backend = ScriptedBackend({"a": [ok("junk"), failed("timeout after 1s (ReadTimeout)")]})
+    (judgement,) = Classifier(backend, retries=1).classify([template_messages("a")])
+    assert (judgement.reason, judgement.raw) == ("timeout", "junk")
+
+
+def test_empty_input_makes_no_call() -> None:
+    backend = ScriptedBackend({})
+    assert Classifier(backend).classify([]) == []
+    assert backend.calls == []
+
+
+def test_wrong_number_of_generations_is_a_backend_bug() -> None:
+    class Short(ScriptedBackend):
+        def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[Generation]:
+            return []
+
+    with pytest.raises(BackendError, match="0 generations for 1"):
+        Classifier(Short({})).classify([template_messages("a")])
+
+
+def test_identity_and_arguments() -> None:
+    classifier = Classifier(ScriptedBackend({}))
+    assert (classifier.model_id, classifier.prompt_version) == ("scripted", PROMPT_VERSION)
+    with pytest.raises(ValueError, match="retries"):
+        Classifier(ScriptedBackend({}), retries=-1)
