@@ -45,8 +45,20 @@ class LogRecord:
     line: str
     key: str | None = None
     timestamp_ms: int | None = None  # the Kafka record timestamp, the fallback event time
-    host: str | None = None  # from a JSON envelope field, overrides the profile's
-    event_time_ms: int | None = None  # from a JSON envelope field, overrides the profile's
+    host: str | None = None  # from a JSON envelope field; used where the profile has no host
+    event_time_ms: int | None = None  # from a JSON envelope field; used where the profile has no time
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A line split by its format profile: the header fields, and the content Drain3 mines."""
+
+    event_time_ms: int
+    content: str
+    host: str | None = None
+    level: str | None = None
+    component: str | None = None
+    ground_truth: Label | None = None  # from the profile's label field; never shown to the model
 
 
 @dataclass(frozen=True, slots=True)
