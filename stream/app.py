@@ -1,0 +1,226 @@
+"""The live detector: a Kafka consumer loop driving the pipeline, with backpressure and checkpoints.
+
+Delivery is at-least-once without loss: an offset is committed only when every window holding
+it has been published (and the producer has flushed), and the template miner's snapshot is
+saved at that moment. Duplicates after a crash carry the same `verdict_id`. With
+`output.exactly_once`, verdicts and offsets are committed in one Kafka transaction.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from rationanomaly.stream.checkpoint import CheckpointStore
+from rationanomaly.stream.engine import Engine, build_engine
+from rationanomaly.stream.metrics import DetectorMetrics
+from rationanomaly.stream.records import SourceRef
+from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
+from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, KafkaSink
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """Bounds for tests and batch jobs; a production run leaves them unset."""
+
+    stop_at_eof: bool = False  # end of input = every assigned partition at its end
+    max_seconds: float | None = None
+
+
+class Detector:
+    def __init__(self, settings: DetectorSettings, engine: Engine | None = None, limits: RunLimits = RunLimits()) -> None:
+        self._settings = settings
+        self._limits = limits
+        self._stop = threading.Event()
+        self._kafka = librdkafka_config(settings.kafka)
+        self._engine = engine
+        self.metrics = engine.metrics if engine is not None else DetectorMetrics()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._store = CheckpointStore(settings.checkpoint.dir, settings.kafka.group_id, settings.input.topic)
+        self._assigned: set[int] = set()
+        self._at_eof: set[int] = set()
+        self._committed: dict[int, int] = {}
+        self._paused = False
+        self._transactional = settings.output.exactly_once
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def serve_metrics(self, port: int) -> None:
+        self.metrics.serve(port)
+        log.info("metrics_serving", port=port)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- wiring ---------------------------------------------------------------------------
+    def _make_clients(self) -> None:
+        s = self._settings
+        consumer_conf = {
+            **self._kafka,
+            "group.id": s.kafka.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "fetch.max.bytes": 8 * MAX_MESSAGE_BYTES,
+        }
+        producer_conf = {
+            **self._kafka,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+            "compression.type": "zstd",
+        }
+        if self._transactional:
+            producer_conf["transactional.id"] = (
+                s.output.transactional_id or f"{s.kafka.group_id}-{s.input.topic}"
+            )
+        self._consumer = Consumer(consumer_conf)
+        self._producer = Producer(producer_conf)
+        if self._transactional:
+            self._producer.init_transactions(30)
+            self._producer.begin_transaction()
+        if self._engine is None:
+            sink = KafkaSink(self._producer, s.output.topic, s.output.dlq_topic, s.output.format)
+            self._engine = build_engine(s, sink, metrics=self.metrics)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        committed = consumer.committed(partitions, timeout=30)
+        for tp in committed:
+            self._assigned.add(tp.partition)
+            self._at_eof.discard(tp.partition)
+            self._committed[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID else -1
+            checkpoint = self._store.load(tp.partition)
+            if checkpoint is not None and tp.offset != OFFSET_INVALID:
+                self._engine.pipeline.restore(tp.partition, checkpoint)
+        log.info("partitions_assigned", partitions=sorted(self._assigned), committed=self._committed)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._commit(final=False)
+        except (KafkaException, RuntimeError):
+            log.exception("commit_on_revoke_failed")
+        for tp in partitions:
+            self._assigned.discard(tp.partition)
+            self._at_eof.discard(tp.partition)
+            self._engine.pipeline.drop(tp.partition)
+        log.info("partitions_revoked", partitions=[tp.partition for tp in partitions])
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        self._make_clients()
+        s = self._settings
+        consumer, engine = self._consumer, self._engine
+        pipeline = engine.pipeline
+        consumer.subscribe([s.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        started = time.monotonic()
+        last_commit = started
+        log.info("detector_started", topic=s.input.topic, group=s.kafka.group_id, model=engine.identity.model_id)
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(s.input.poll_batch, s.input.poll_timeout_s)
+                now = time.time()
+                for msg in messages:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            self._at_eof.add(msg.partition())
+                        elif err.fatal():
+                            raise KafkaException(err)
+                        else:
+                            log.warning("consumer_error", error=str(err))
+                        continue
+                    self._at_eof.discard(msg.partition())
+                    _, ts = msg.timestamp()
+                    pipeline.feed(
+                        msg.value(), msg.key(), SourceRef(msg.topic(), msg.partition(), msg.offset()), ts if ts > 0 else None, now
+                    )
+                pipeline.advance(now)
+                if self._eof_reached():
+                    pipeline.finish()
+                    engine.worker.wait_idle()
+                pipeline.publish(int(now * 1000))
+                self._backpressure()
+                mono = time.monotonic()
+                if mono - last_commit >= s.checkpoint.interval_s:
+                    self._commit(final=False)
+                    self._report_lag()
+                    last_commit = mono
+                if self._eof_reached() and pipeline.in_flight == 0:
+                    log.info("end_of_input", lines=pipeline.lines, verdicts=pipeline.verdicts)
+                    break
+                if self._limits.max_seconds is not None and mono - started > self._limits.max_seconds:
+                    log.warning("run_time_limit_reached", seconds=self._limits.max_seconds)
+                    break
+            self._commit(final=True)
+        finally:
+            engine.close()
+            consumer.close()
+        return 0
+
+    def _eof_reached(self) -> bool:
+        return self._limits.stop_at_eof and bool(self._assigned) and self._at_eof >= self._assigned
+
+    def _backpressure(self) -> None:
+        depth = self._engine.worker.depth
+        j = self._settings.judging
+        assignment = self._consumer.assignment()
+        if not self._paused and depth >= j.queue_max and assignment:
+            self._consumer.pause(assignment)
+            self._paused = True
+            self._engine.metrics.paused.set(1)
+            log.info("partitions_paused", queue_depth=depth)
+        elif self._paused and depth <= j.queue_low:
+            self._consumer.resume(assignment)
+            self._paused = False
+            self._engine.metrics.paused.set(0)
+            log.info("partitions_resumed", queue_depth=depth)
+
+    def _commit(self, final: bool) -> None:
+        """Flush verdicts, snapshot the miners, then commit the oldest offsets still needed."""
+        pipeline = self._engine.pipeline
+        if not self._transactional:
+            self._engine.sink.flush()
+        offsets = []
+        topic = self._settings.input.topic
+        for partition in sorted(self._assigned):
+            offset = pipeline.ledger.committable(partition)
+            if offset is None or offset <= self._committed.get(partition, -1):
+                continue
+            self._store.save(partition, pipeline.checkpoint(partition, offset))
+            offsets.append(TopicPartition(topic, partition, offset))
+        if self._transactional:
+            if offsets:
+                self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            self._producer.commit_transaction(30)
+            if not final:
+                self._producer.begin_transaction()
+        elif offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        for tp in offsets:
+            self._committed[tp.partition] = tp.offset
+        if offsets:
+            log.debug("offsets_committed", offsets={tp.partition: tp.offset for tp in offsets})
+
+    def _report_lag(self) -> None:
+        topic = self._settings.input.topic
+        for partition in self._assigned:
+            tp = TopicPartition(topic, partition)
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                (position,) = self._consumer.position([tp])
+            except KafkaException:
+                continue
+            if high >= 0 and position.offset >= 0:
+                self._engine.metrics.consumer_lag.labels(str(partition)).set(high - position.offset)

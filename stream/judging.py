@@ -1,0 +1,238 @@
+"""Judging: closed windows in, judged windows out, with the model called off the polling thread.
+
+Template mode (the paper's protocol) classifies each distinct template once and caches the
+answer by template id; since the id is the hash of the template's text, a template that Drain3
+changes gets a new id and is judged again. Window mode shows the model the window's sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import structlog
+
+from rationanomaly.model.classifier import Classifier, Judgement
+from rationanomaly.model.prompt import template_messages, window_messages
+from rationanomaly.stream.metrics import DetectorMetrics
+from rationanomaly.stream.records import JudgeMode, VerdictLabel, Window
+from rationanomaly.stream.settings import JudgeSettings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JudgedWindow:
+    window: Window
+    label: VerdictLabel
+    reason: str | None
+    rationale: str | None
+    template_labels: dict[str, VerdictLabel]
+    latency_ms: float
+
+
+def combine(labels: list[VerdictLabel]) -> VerdictLabel:
+    """A window is abnormal if any template is; unknown only if nothing is abnormal and one is unknown.
+
+    >>> combine(["normal", "unknown", "abnormal"])
+    'abnormal'
+    >>> combine(["normal", "unknown"])
+    'unknown'
+    >>> combine(["normal", "normal"])
+    'normal'
+    """
+    if "abnormal" in labels:
+        return "abnormal"
+    if "unknown" in labels:
+        return "unknown"
+    return "normal"
+
+
+class TemplateCache:
+    """Judgements by template id. Unknown answers are not cached, so they are asked again."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Judgement] = {}
+
+    def get(self, template_id: str) -> Judgement | None:
+        return self._by_id.get(template_id)
+
+    def put(self, template_id: str, judgement: Judgement) -> None:
+        if judgement.label != "unknown":
+            self._by_id[template_id] = judgement
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+class WindowJudge:
+    """Synchronous judging of a batch of windows; the worker below runs it on a thread."""
+
+    def __init__(self, classifier: Classifier, settings: JudgeSettings, metrics: DetectorMetrics) -> None:
+        self._classifier = classifier
+        self._settings = settings
+        self._metrics = metrics
+        self.cache = TemplateCache()
+
+    def judge(self, windows: list[Window]) -> list[JudgedWindow]:
+        if self._settings.mode is JudgeMode.TEMPLATE:
+            return self._judge_templates(windows)
+        return self._judge_sequences(windows)
+
+    def _judge_templates(self, windows: list[Window]) -> list[JudgedWindow]:
+        wanted: dict[str, str] = {}
+        for window in windows:
+            for tid, text in window.templates.items():
+                if self.cache.get(tid) is None:
+                    wanted.setdefault(tid, text)
+        fresh: dict[str, Judgement] = {}
+        if wanted:
+            ids = list(wanted)
+            judgements = self._classifier.classify([template_messages(wanted[t]) for t in ids])
+            for tid, judgement in zip(ids, judgements, strict=True):
+                self._metrics.model_latency.observe(judgement.latency_s)
+                fresh[tid] = judgement
+                self.cache.put(tid, judgement)
+            self._metrics.templates.set(len(self.cache))
+        return [self._from_templates(window, fresh) for window in windows]
+
+    def _from_templates(self, window: Window, fresh: dict[str, Judgement]) -> JudgedWindow:
+        labels: dict[str, VerdictLabel] = {}
+        rationale_parts: list[str] = []
+        reasons: list[str] = []
+        latency_s = 0.0
+        for tid, text in window.templates.items():
+            judgement = fresh.get(tid) or self.cache.get(tid)
+            if judgement is None:  # only possible if the cache dropped it concurrently
+                labels[tid] = "unknown"
+                reasons.append(f"{tid}: not judged")
+                continue
+            labels[tid] = judgement.label
+            if tid in fresh:
+                latency_s = max(latency_s, judgement.latency_s)
+            if judgement.label == "abnormal" and judgement.rationale:
+                rationale_parts.append(f"Template {tid} «{text}»: {judgement.rationale}")
+            elif judgement.label == "unknown":
+                reasons.append(f"{tid}: {judgement.reason}")
+        label = combine(list(labels.values()))
+        return JudgedWindow(
+            window=window,
+            label=label,
+            reason="; ".join(reasons) if label == "unknown" else None,
+            rationale="\n".join(rationale_parts) if label == "abnormal" else None,
+            template_labels=labels,
+            latency_ms=latency_s * 1000.0,
+        )
+
+    def _judge_sequences(self, windows: list[Window]) -> list[JudgedWindow]:
+        cap = self._settings.window_max_templates
+        conversations = []
+        for window in windows:
+            texts = [window.templates[tid] for tid in window.sequence]
+            if len(texts) > cap:
+                # Head and tail: HDFS-like sessions show their failures at the start or the end.
+                texts = texts[: cap // 2] + texts[-(cap - cap // 2) :]
+            conversations.append(window_messages(texts))
+        judged = []
+        for window, judgement in zip(windows, self._classifier.classify(conversations), strict=True):
+            self._metrics.model_latency.observe(judgement.latency_s)
+            judged.append(
+                JudgedWindow(
+                    window=window,
+                    label=judgement.label,
+                    reason=judgement.reason if judgement.label == "unknown" else None,
+                    rationale=judgement.rationale if judgement.label == "abnormal" else None,
+                    template_labels={tid: "unknown" for tid in window.templates},
+                    latency_ms=judgement.latency_s * 1000.0,
+                )
+            )
+        return judged
+
+
+class JudgeWorker:
+    """A bounded queue in front of WindowJudge, drained in batches by one thread.
+
+    The polling thread submits windows and collects results; it never blocks on the model,
+    so it keeps polling (and heartbeating the group) while partitions are paused.
+    """
+
+    def __init__(self, judge: WindowJudge, settings: JudgeSettings, metrics: DetectorMetrics) -> None:
+        self._judge = judge
+        self._settings = settings
+        self._metrics = metrics
+        self._pending: deque[Window] = deque()
+        self._done: deque[JudgedWindow] = deque()
+        self._in_progress = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="judge", daemon=True)
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._pending) + self._in_progress
+
+    def submit(self, window: Window) -> None:
+        with self._cond:
+            self._pending.append(window)
+            self._metrics.queue_depth.set(len(self._pending) + self._in_progress)
+            self._cond.notify_all()
+
+    def take_done(self) -> list[JudgedWindow]:
+        with self._cond:
+            done = list(self._done)
+            self._done.clear()
+            return done
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending or self._in_progress:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _next_batch(self) -> list[Window] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            # Let a batch fill for up to max_wait_ms: fewer, fuller model calls.
+            deadline = time.monotonic() + self._settings.max_wait_ms / 1000.0
+            while len(self._pending) < self._settings.max_batch and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(len(self._pending), self._settings.max_batch)
+            batch = [self._pending.popleft() for _ in range(n)]
+            self._in_progress = n
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                judged = self._judge.judge(batch)
+            except Exception as exc:  # a bug or a backend crash must not lose the windows
+                log.exception("judge_batch_failed", windows=len(batch))
+                judged = [
+                    JudgedWindow(w, "unknown", f"judge failed: {exc!r}", None, {t: "unknown" for t in w.templates}, 0.0)
+                    for w in batch
+                ]
+            with self._cond:
+                self._done.extend(judged)
+                self._in_progress = 0
+                self._metrics.queue_depth.set(len(self._pending))
+                self._cond.notify_all()

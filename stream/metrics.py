@@ -1,0 +1,32 @@
+"""Prometheus metrics for the detector, on a registry of its own so tests can build many."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class DetectorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.lines = Counter("rationanomaly_lines", "Log lines read", ["partition"], registry=r)
+        self.windows = Counter("rationanomaly_windows", "Windows closed", ["kind"], registry=r)
+        self.verdicts = Counter("rationanomaly_verdicts", "Verdicts published", ["verdict"], registry=r)
+        self.dead_letters = Counter(
+            "rationanomaly_dead_letters", "Records sent to the dead-letter topic", ["stage"], registry=r
+        )
+        self.templates = Gauge("rationanomaly_templates", "Templates judged and cached", registry=r)
+        self.model_latency = Histogram(
+            "rationanomaly_model_latency_seconds",
+            "Latency of one model request",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.queue_depth = Gauge("rationanomaly_queue_depth", "Windows waiting for the model", registry=r)
+        self.consumer_lag = Gauge(
+            "rationanomaly_consumer_lag", "High watermark minus position", ["partition"], registry=r
+        )
+        self.paused = Gauge("rationanomaly_paused", "1 while partitions are paused for backpressure", registry=r)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)

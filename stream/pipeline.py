@@ -1,0 +1,199 @@
+"""The stream's middle: raw record → decoded line → header/content → template → windows → verdicts.
+
+It is the same code for the live consumer, a topic replay and a file replay; only the source
+driving `feed` and the sink receiving verdicts differ, so the same input gives the same
+verdicts and ids on every path. It never reads the clock: callers pass wall time to
+`advance` (for idle timeouts) and processing time to `publish`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+
+from rationanomaly.stream.checkpoint import Checkpoint
+from rationanomaly.stream.decoding import Decoder
+from rationanomaly.stream.judging import JudgedWindow, JudgeWorker
+from rationanomaly.stream.ledger import OffsetLedger
+from rationanomaly.stream.metrics import DetectorMetrics
+from rationanomaly.stream.parsing import TemplateParser
+from rationanomaly.stream.profiles import HeaderParser, resolve_profile
+from rationanomaly.stream.records import DeadLetter, ParsedLog, SourceRef, Window
+from rationanomaly.stream.settings import DetectorSettings
+from rationanomaly.stream.sinks import VerdictSink
+from rationanomaly.stream.verdicts import Verdict, build_verdict
+from rationanomaly.stream.windows import Windower
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class PartitionState:
+    parser: TemplateParser
+    windower: Windower
+    watermark_ms: int = -(2**62)
+    last_activity_s: float | None = None
+    # key -> last offset of a window already published; see checkpoint.py for why.
+    produced: dict[str, int] = field(default_factory=dict)
+    replay_until: int = -1  # the largest offset in `produced` from the restored checkpoint
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    model_id: str
+    prompt_version: str
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: DetectorSettings,
+        worker: JudgeWorker,
+        sink: VerdictSink,
+        metrics: DetectorMetrics,
+        identity: ModelIdentity,
+    ) -> None:
+        self._settings = settings
+        self._worker = worker
+        self._sink = sink
+        self._metrics = metrics
+        self._identity = identity
+        self._decoder = Decoder(settings.input.decode)
+        self._profile = resolve_profile(settings.profile)
+        self._headers = HeaderParser(self._profile)
+        self._states: dict[int, PartitionState] = {}
+        self._held: dict[int, tuple[int, Window]] = {}  # id(window) -> (partition, window)
+        self.ledger = OffsetLedger()
+        self.lines = 0
+        self.windows = 0
+        self.verdicts = 0
+        self.dead_letters = 0
+
+    # -- partitions -------------------------------------------------------------------------
+    def state(self, partition: int) -> PartitionState:
+        state = self._states.get(partition)
+        if state is None:
+            state = PartitionState(TemplateParser(self._settings.parsing), Windower(self._settings.windows))
+            self._states[partition] = state
+        return state
+
+    def restore(self, partition: int, checkpoint: Checkpoint) -> None:
+        state = PartitionState(
+            TemplateParser.restore(checkpoint.parser, self._settings.parsing),
+            Windower(self._settings.windows),
+            watermark_ms=checkpoint.watermark_ms,
+            produced=dict(checkpoint.produced),
+            replay_until=max(checkpoint.produced.values(), default=-1),
+        )
+        self._states[partition] = state
+        log.info("partition_restored", partition=partition, offset=checkpoint.offset, templates=state.parser.size)
+
+    def checkpoint(self, partition: int, offset: int) -> Checkpoint:
+        state = self.state(partition)
+        # Only windows whose lines may be read again (at or after the committed offset) matter.
+        produced = {k: last for k, last in state.produced.items() if last >= offset}
+        state.produced = produced
+        return Checkpoint(offset=offset, watermark_ms=state.watermark_ms, parser=state.parser.snapshot(), produced=produced)
+
+    def drop(self, partition: int) -> None:
+        """A revoked partition: its open windows are abandoned; the next owner re-reads them."""
+        self._states.pop(partition, None)
+        self.ledger.forget(partition)
+
+    # -- the hot path -------------------------------------------------------------------------
+    def feed(self, value: bytes | None, key: bytes | None, source: SourceRef, timestamp_ms: int | None, now_s: float) -> None:
+        self.lines += 1
+        state = self.state(source.partition)
+        state.last_activity_s = now_s
+        self.ledger.seen(source.partition, source.offset)
+        record = self._decoder.decode(value, key, source, timestamp_ms)
+        if isinstance(record, DeadLetter):
+            self._dead(record)
+            return
+        header = self._headers.split(record)
+        if isinstance(header, DeadLetter):
+            self._dead(header)
+            return
+        parsed = ParsedLog(
+            source=source,
+            event_time_ms=header.event_time_ms,
+            content=header.content,
+            template=state.parser.parse(header.content),
+            host=header.host,
+            level=header.level,
+            component=header.component,
+            ground_truth=header.ground_truth,
+        )
+        if parsed.event_time_ms > state.watermark_ms:
+            state.watermark_ms = parsed.event_time_ms
+        if source.offset <= state.replay_until:
+            skip = {k for k, last in state.produced.items() if last >= source.offset}
+            closed = state.windower.add(parsed, skip_keys=skip)
+        else:
+            closed = state.windower.add(parsed)
+        if closed:
+            self._submit(source.partition, closed)
+
+    def _dead(self, letter: DeadLetter) -> None:
+        self.dead_letters += 1
+        self._metrics.dead_letters.labels(letter.stage).inc()
+        log.warning("dead_letter", source=str(letter.source), stage=letter.stage, error=letter.error[:200])
+        self._sink.dead_letter(letter)
+
+    def _submit(self, partition: int, windows: list[Window]) -> None:
+        for window in windows:
+            self.windows += 1
+            self._metrics.windows.labels(window.kind.value).inc()
+            self._held[id(window)] = (partition, window)
+            self.ledger.hold(id(window), window.offsets)
+            self._worker.submit(window)
+
+    # -- time and end of input -------------------------------------------------------------
+    def advance(self, now_s: float) -> None:
+        """Close windows the watermark has passed, and those of partitions idle too long."""
+        idle_s = self._settings.input.idle_timeout_s
+        for partition, state in self._states.items():
+            closed = state.windower.advance(state.watermark_ms)
+            if state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s:
+                closed += state.windower.flush()
+                state.last_activity_s = None
+            if closed:
+                self._submit(partition, closed)
+
+    def finish(self) -> None:
+        """End of input: every open window closes now."""
+        for partition, state in self._states.items():
+            closed = state.windower.flush()
+            if closed:
+                self._submit(partition, closed)
+
+    def publish(self, created_ms: int) -> int:
+        """Hand judged windows to the sink; returns how many were published."""
+        done = self._worker.take_done()
+        for judged in done:
+            self._emit(judged, created_ms)
+        return len(done)
+
+    def _emit(self, judged: JudgedWindow, created_ms: int) -> None:
+        verdict: Verdict = build_verdict(
+            judged,
+            profile=self._profile.name,
+            model_id=self._identity.model_id,
+            prompt_version=self._identity.prompt_version,
+            created_ms=created_ms,
+        )
+        self._sink.emit(verdict)
+        self.verdicts += 1
+        self._metrics.verdicts.labels(verdict.verdict).inc()
+        partition, window = self._held.pop(id(judged.window))
+        self.ledger.release(id(judged.window))
+        state = self._states.get(partition)
+        if state is not None:
+            for rng in window.offsets:
+                if rng.partition == partition:
+                    state.produced[window.key] = max(state.produced.get(window.key, -1), rng.last)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._held)

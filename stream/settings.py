@@ -1,0 +1,167 @@
+"""The detector's one settings root: file, environment, then flags, built once at the entry point.
+
+Each stage receives only its own section and never reads the environment itself.
+Environment names are `RATIONANOMALY_<SECTION>__<FIELD>`, e.g.
+`RATIONANOMALY_KAFKA__BOOTSTRAP_SERVERS=kafka:9092`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from rationanomaly.model.settings import BackendSettings
+from rationanomaly.stream.decoding import DecodeSettings
+from rationanomaly.stream.parsing import ParsingSettings
+from rationanomaly.stream.profiles import ProfileSettings
+from rationanomaly.stream.records import JudgeMode
+from rationanomaly.stream.siem import OutputFormat
+from rationanomaly.stream.windows import WindowSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "rationanomaly"
+    security_protocol: str | None = None  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    # Anything else librdkafka understands, passed through verbatim (e.g. "ssl.certificate.location").
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.sasl_mechanism in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"sasl_mechanism={self.sasl_mechanism} needs kafka.sasl_username and "
+                "kafka.sasl_password (RATIONANOMALY_KAFKA__SASL_USERNAME / __SASL_PASSWORD)"
+            )
+        return self
+
+
+def librdkafka_config(kafka: KafkaSettings) -> dict[str, str]:
+    """The one place Kafka settings become librdkafka's dotted keys."""
+    conf: dict[str, str] = {"bootstrap.servers": kafka.bootstrap_servers}
+    if kafka.security_protocol:
+        conf["security.protocol"] = kafka.security_protocol
+    if kafka.sasl_mechanism:
+        conf["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username:
+        conf["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password:
+        conf["sasl.password"] = kafka.sasl_password.get_secret_value()
+    if kafka.ssl_ca_location:
+        conf["ssl.ca.location"] = kafka.ssl_ca_location
+    conf.update(kafka.extra)
+    return conf
+
+
+class InputSettings(_Section):
+    topic: str = "logs"
+    decode: DecodeSettings = DecodeSettings()
+    poll_batch: int = Field(500, ge=1, le=100_000)
+    poll_timeout_s: float = Field(0.2, gt=0)
+    # A partition with no new line for this long has its open windows closed (wall clock).
+    idle_timeout_s: float = Field(30.0, gt=0)
+
+
+class JudgeSettings(_Section):
+    mode: JudgeMode = JudgeMode.TEMPLATE
+    max_batch: int = Field(16, ge=1)
+    max_wait_ms: int = Field(200, ge=0)
+    queue_max: int = Field(2_000, ge=1)  # windows waiting for the model before partitions pause
+    queue_low: int = Field(500, ge=0)  # resume below this
+    retries: int = Field(2, ge=0)
+    # Cap on template texts per window-mode prompt, so one huge window cannot blow the context.
+    window_max_templates: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _low_below_max(self) -> JudgeSettings:
+        if self.queue_low >= self.queue_max:
+            raise ValueError(
+                f"judging.queue_low ({self.queue_low}) must be below judging.queue_max "
+                f"({self.queue_max}), or paused partitions would never resume"
+            )
+        return self
+
+
+class OutputSettings(_Section):
+    topic: str = "verdicts"
+    dlq_topic: str = "logs.dlq"
+    format: OutputFormat = OutputFormat.NATIVE
+    exactly_once: bool = False
+    transactional_id: str | None = None  # defaults to "<group>-<input topic>"
+
+
+class CheckpointSettings(_Section):
+    dir: Path = Path.home() / ".cache" / "rationanomaly" / "checkpoints"
+    interval_s: float = Field(5.0, gt=0)
+
+
+class MetricsSettings(_Section):
+    port: int | None = Field(9108, ge=0, le=65535)  # None disables the endpoint
+
+
+class DetectorSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RATIONANOMALY_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    input: InputSettings = InputSettings()
+    profile: ProfileSettings = ProfileSettings()
+    parsing: ParsingSettings = ParsingSettings()
+    windows: WindowSettings = WindowSettings()
+    judging: JudgeSettings = JudgeSettings()
+    backend: BackendSettings = BackendSettings()
+    output: OutputSettings = OutputSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (passed as init kwargs) beat the environment, which beats the file.
+        return (init_settings, env_settings)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> DetectorSettings:
+    """File < environment < flags. `overrides` use the nested shape: {"input": {"topic": "x"}}."""
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{config_file}: the top level must be a mapping of sections")
+        from_file = loaded
+    from_env = DetectorSettings().model_dump(exclude_unset=True)
+    return DetectorSettings(**_deep_merge(_deep_merge(from_file, from_env), overrides))
