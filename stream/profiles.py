@@ -1,0 +1,351 @@
+"""Format profiles: split a raw line into its header (time, host, level, component, label) and content.
+
+A profile's `log_format` follows loghub's benchmark notation: `<Field>` placeholders between
+literal text, e.g. `"<Date> <Time> <Pid> <Level> <Component>: <Content>"`. As in loghub, each
+placeholder matches lazily, a run of spaces matches any whitespace, and the literal text is a
+regular expression (so `\\[<Pid>\\]` and optional parts such as `(\\[<PID>\\])?` work). Only the
+content goes on to Drain3; the header never reaches the template miner or the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from rationanomaly.stream.records import DeadLetter, Header, Label, LogRecord
+
+_STAGE = "profile"
+_FIELD = re.compile(r"<([^<>]+)>")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
+_YEAR_DIRECTIVES = ("%Y", "%y", "%G", "%c", "%x", "%s")
+# Timestamps repeat (many lines a second); past this many distinct ones the cache starts over.
+_TIME_CACHE_MAX = 4096
+
+EPOCH_S = "epoch_s"
+EPOCH_MS = "epoch_ms"
+ISO8601 = "iso8601"
+
+
+def compile_log_format(log_format: str) -> re.Pattern[str]:
+    """The regex for a loghub-style format, for `fullmatch` on a line (surrounding blanks allowed).
+
+    >>> rx = compile_log_format("<Date> <Time> <Level> <Component>: <Content>")
+    >>> rx.fullmatch("081109 203615 INFO dfs.DataNode: Receiving  block ").group("Component", "Content")
+    ('dfs.DataNode', 'Receiving  block')
+    """
+    parts = _FIELD.split(log_format)
+    pieces = [r"\s*"]
+    for i, part in enumerate(parts):
+        if i % 2:
+            if not _NAME.fullmatch(part):
+                raise ValueError(f"log_format field <{part}> must be a name of letters, digits and _")
+            if i == len(parts) - 2 and not parts[-1]:
+                # A trailing field is greedy and ends on a non-blank: the same text as a lazy
+                # one (which must reach the end anyway) at a quarter of the cost.
+                pieces.append(f"(?P<{part}>(?:.*\\S)?)")
+            else:
+                pieces.append(f"(?P<{part}>.*?)")
+        elif part:
+            pieces.append(re.sub(" +", r"\\s+", part))
+    pieces.append(r"\s*")
+    try:
+        return re.compile("".join(pieces), re.DOTALL)
+    except re.error as exc:
+        raise ValueError(f"log_format {log_format!r} is not a valid pattern: {exc}") from None
+
+
+class FormatProfile(BaseModel):
+    """How to split one log format. Field names are the `<Field>` names of `log_format`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    log_format: str
+    content_field: str = "Content"
+    # Joined with single spaces, then read with `timestamp_format`: a strptime format, or one of
+    # "iso8601" (fast; "2015-07-29 17:41:44,747" qualifies), "epoch_s", "epoch_ms".
+    timestamp_fields: tuple[str, ...] = ()
+    timestamp_format: str | None = None
+    timezone: str = "UTC"  # for timestamps without an offset
+    default_year: int | None = None  # for formats without a year (syslog's "Jun 14 15:16:01")
+    host_field: str | None = None
+    level_field: str | None = None
+    component_field: str | None = None
+    label_field: str | None = None  # a ground-truth column (BGL, Thunderbird); never shown to the model
+    normal_labels: frozenset[str] = frozenset({"-"})
+
+    @model_validator(mode="after")
+    def _fields_exist(self) -> FormatProfile:
+        names = _FIELD.findall(self.log_format)
+        if len(set(names)) != len(names):
+            raise ValueError(f"profile {self.name!r}: log_format names a field twice: {self.log_format!r}")
+        compile_log_format(self.log_format)
+        wanted = {
+            "content_field": (self.content_field,),
+            "timestamp_fields": self.timestamp_fields,
+            "host_field": (self.host_field,),
+            "level_field": (self.level_field,),
+            "component_field": (self.component_field,),
+            "label_field": (self.label_field,),
+        }
+        for option, fields in wanted.items():
+            for field in fields:
+                if field is not None and field not in names:
+                    raise ValueError(
+                        f"profile {self.name!r}: {option}={field!r} is not a <Field> of log_format "
+                        f"{self.log_format!r}; use one of {names}"
+                    )
+        if bool(self.timestamp_fields) != (self.timestamp_format is not None):
+            raise ValueError(
+                f"profile {self.name!r}: set both timestamp_fields and timestamp_format, or neither "
+                "(without them the event time comes from the record)"
+            )
+        fmt = self.timestamp_format
+        if fmt not in (None, EPOCH_S, EPOCH_MS, ISO8601):
+            if self.default_year is None and not any(d in fmt for d in _YEAR_DIRECTIVES):
+                raise ValueError(
+                    f"profile {self.name!r}: timestamp_format {fmt!r} has no year; set default_year"
+                )
+        _zone(self.timezone)
+        return self
+
+
+def _zone(name: str) -> tzinfo:
+    if name.upper() in ("UTC", "Z"):
+        return timezone.utc
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timezone {name!r} is not an IANA zone name such as 'UTC' or 'Europe/Paris'") from None
+
+
+_SYSLOG = r"<Month> <Day> <Time> <Host> <Component>(\[<Pid>\])?: <Content>"
+
+# loghub's benchmark formats; fields are renamed where loghub's column name misleads (its Linux
+# "Level" column holds the host). tests/unit/stream/test_profiles.py checks each against the
+# loghub 2k sample and its structured CSV.
+BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
+    p.name: p
+    for p in (
+        FormatProfile(
+            name="hdfs",
+            log_format="<Date> <Time> <Pid> <Level> <Component>: <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%y%m%d %H%M%S",
+            level_field="Level",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="bgl",
+            log_format="<Label> <Timestamp> <Date> <Node> <Time> <NodeRepeat> <Type> <Component> <Level> <Content>",
+            # The epoch column is exact; the "Time" column is local time with no zone.
+            timestamp_fields=("Timestamp",),
+            timestamp_format=EPOCH_S,
+            host_field="Node",
+            level_field="Level",
+            component_field="Component",
+            label_field="Label",
+        ),
+        FormatProfile(
+            name="thunderbird",
+            log_format=r"<Label> <Timestamp> <Date> <Node> <Month> <Day> <Time> <Location> <Component>(\[<Pid>\])?: <Content>",
+            timestamp_fields=("Timestamp",),
+            timestamp_format=EPOCH_S,
+            host_field="Node",
+            component_field="Component",
+            label_field="Label",
+        ),
+        FormatProfile(
+            name="openssh",
+            log_format=_SYSLOG,
+            timestamp_fields=("Month", "Day", "Time"),
+            timestamp_format="%b %d %H:%M:%S",
+            default_year=2017,  # not in the lines; override for your own syslog
+            host_field="Host",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="linux",
+            log_format=_SYSLOG,
+            timestamp_fields=("Month", "Day", "Time"),
+            timestamp_format="%b %d %H:%M:%S",
+            default_year=2005,  # loghub's Linux sample is from 2005 (its kernel lines say so)
+            host_field="Host",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="zookeeper",
+            log_format=r"<Date> <Time> - <Level>  \[<Node>:<Component>@<Id>\] - <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format=ISO8601,
+            level_field="Level",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="hadoop",
+            log_format=r"<Date> <Time> <Level> \[<Process>\] <Component>: <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format=ISO8601,
+            level_field="Level",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="spark",
+            log_format="<Date> <Time> <Level> <Component>: <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%y/%m/%d %H:%M:%S",
+            level_field="Level",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="openstack",
+            log_format=r"<Logrecord> <Date> <Time> <Pid> <Level> <Component> \[<ADDR>\] <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format=ISO8601,
+            level_field="Level",
+            component_field="Component",
+        ),
+        # The whole line is content; the event time is the envelope's or the Kafka record's.
+        FormatProfile(name="raw", log_format="<Content>"),
+    )
+}
+
+
+class ProfileSettings(BaseModel):
+    """`name` picks a built-in profile, or names the one given in `custom`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "hdfs"
+    custom: FormatProfile | None = None
+
+    @model_validator(mode="after")
+    def _known(self) -> ProfileSettings:
+        if self.custom is not None:
+            if self.custom.name != self.name:
+                raise ValueError(
+                    f"profile.custom is named {self.custom.name!r} but profile.name is {self.name!r}; "
+                    "set profile.name to the custom profile's name to use it"
+                )
+        elif self.name not in BUILTIN_PROFILES:
+            raise ValueError(
+                f"unknown profile {self.name!r}: use one of {sorted(BUILTIN_PROFILES)} "
+                "or define it in profile.custom"
+            )
+        return self
+
+
+def resolve_profile(settings: ProfileSettings) -> FormatProfile:
+    return settings.custom if settings.custom is not None else BUILTIN_PROFILES[settings.name]
+
+
+class TimestampReader:
+    """Header timestamp text to epoch ms, remembering recent answers (lines share their second)."""
+
+    def __init__(self, fmt: str, zone: str = "UTC", default_year: int | None = None) -> None:
+        self._fmt = fmt
+        self._zone = _zone(zone)
+        self._prefix = "" if default_year is None else f"{default_year} "
+        self._strptime_fmt = fmt if default_year is None else f"%Y {fmt}"
+        self._cache: dict[str, int] = {}
+
+    def read(self, text: str) -> int:
+        """Raises ValueError when `text` does not fit the format."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        value = self._convert(text)
+        if len(self._cache) >= _TIME_CACHE_MAX:
+            self._cache.clear()
+        self._cache[text] = value
+        return value
+
+    def _convert(self, text: str) -> int:
+        fmt = self._fmt
+        if fmt == EPOCH_S:
+            return round(float(text) * 1000)
+        if fmt == EPOCH_MS:
+            return int(text)
+        if fmt == ISO8601:
+            moment = datetime.fromisoformat(text)
+        else:
+            # The year is prepended rather than left to strptime: a year-less strptime reads
+            # 1900 and rejects Feb 29.
+            moment = datetime.strptime(self._prefix + text, self._strptime_fmt)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=self._zone)
+        return (moment - _EPOCH) // _MS
+
+
+class HeaderParser:
+    """Splits lines with one profile; holds no per-line state beyond a timestamp cache."""
+
+    def __init__(self, profile: FormatProfile) -> None:
+        self.profile = profile
+        self._regex = compile_log_format(profile.log_format)
+        groups = self._regex.groupindex
+        self._content = groups[profile.content_field]
+        self._time = tuple(groups[f] for f in profile.timestamp_fields)
+        self._host = groups[profile.host_field] if profile.host_field else 0
+        self._level = groups[profile.level_field] if profile.level_field else 0
+        self._component = groups[profile.component_field] if profile.component_field else 0
+        self._label = groups[profile.label_field] if profile.label_field else 0
+        self._normal = profile.normal_labels
+        self._clock = (
+            TimestampReader(profile.timestamp_format, profile.timezone, profile.default_year)
+            if profile.timestamp_format is not None
+            else None
+        )
+
+    def split(self, record: LogRecord) -> Header | DeadLetter:
+        match = self._regex.fullmatch(record.line)
+        if match is None:
+            return self._dead(record, f"line does not match profile {self.profile.name!r} ({self.profile.log_format})")
+        group = match.group
+        if self._clock is not None:
+            stamp = group(*self._time) if len(self._time) == 1 else " ".join(group(*self._time))
+            try:
+                event_ms = self._clock.read(stamp)
+            except (ValueError, OverflowError, TypeError):
+                return self._dead(
+                    record, f"timestamp {stamp!r} does not fit {self.profile.timestamp_format!r} (profile {self.profile.name!r})"
+                )
+        elif record.event_time_ms is not None:
+            event_ms = record.event_time_ms
+        elif record.timestamp_ms is not None:
+            event_ms = record.timestamp_ms
+        else:
+            return self._dead(
+                record, f"no event time: profile {self.profile.name!r} reads none and the record has no timestamp"
+            )
+        label: Label | None = None
+        if self._label:
+            raw_label = group(self._label)
+            if raw_label is not None:
+                label = "normal" if raw_label in self._normal else "abnormal"
+        return Header(
+            event_time_ms=event_ms,
+            content=group(self._content),
+            host=(group(self._host) if self._host else None) or record.host,
+            level=group(self._level) if self._level else None,
+            component=group(self._component) if self._component else None,
+            ground_truth=label,
+        )
+
+    @staticmethod
+    def _dead(record: LogRecord, error: str) -> DeadLetter:
+        # Decoding kept the raw bytes; from here on the line itself is what can be replayed.
+        return DeadLetter(
+            source=record.source,
+            stage=_STAGE,
+            error=error,
+            value=record.line.encode("utf-8"),
+            key=None if record.key is None else record.key.encode("utf-8"),
+        )
+
