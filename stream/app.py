@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from rationanomaly.model.backends import Backend
 from rationanomaly.stream.checkpoint import CheckpointStore
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
@@ -35,13 +36,19 @@ class RunLimits:
 
 
 class Detector:
-    def __init__(self, settings: DetectorSettings, engine: Engine | None = None, limits: RunLimits = RunLimits()) -> None:
+    def __init__(
+        self,
+        settings: DetectorSettings,
+        limits: RunLimits = RunLimits(),
+        backend: Backend | None = None,
+    ) -> None:
         self._settings = settings
         self._limits = limits
         self._stop = threading.Event()
         self._kafka = librdkafka_config(settings.kafka)
-        self._engine = engine
-        self.metrics = engine.metrics if engine is not None else DetectorMetrics()
+        self._backend = backend
+        self._engine: Engine | None = None
+        self.metrics = DetectorMetrics()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._store = CheckpointStore(settings.checkpoint.dir, settings.kafka.group_id, settings.input.topic)
@@ -50,6 +57,9 @@ class Detector:
         self._committed: dict[int, int] = {}
         self._paused = False
         self._transactional = settings.output.exactly_once
+        # monotonic times of the first record and of the end of input, for throughput figures
+        self.first_record_s: float | None = None
+        self.finished_s: float | None = None
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -91,9 +101,8 @@ class Detector:
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
-        if self._engine is None:
-            sink = KafkaSink(self._producer, s.output.topic, s.output.dlq_topic, s.output.format)
-            self._engine = build_engine(s, sink, metrics=self.metrics)
+        sink = KafkaSink(self._producer, s.output.topic, s.output.dlq_topic, s.output.format)
+        self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = consumer.committed(partitions, timeout=30)
@@ -131,6 +140,9 @@ class Detector:
             while not self._stop.is_set():
                 messages = consumer.consume(s.input.poll_batch, s.input.poll_timeout_s)
                 now = time.time()
+                if messages and self.first_record_s is None:
+                    self.first_record_s = time.monotonic()
+                lines_before = pipeline.lines
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
@@ -146,6 +158,8 @@ class Detector:
                     pipeline.feed(
                         msg.value(), msg.key(), SourceRef(msg.topic(), msg.partition(), msg.offset()), ts if ts > 0 else None, now
                     )
+                if pipeline.lines != lines_before:
+                    self.metrics.lines.inc(pipeline.lines - lines_before)
                 pipeline.advance(now)
                 if self._eof_reached():
                     pipeline.finish()
@@ -158,6 +172,7 @@ class Detector:
                     self._report_lag()
                     last_commit = mono
                 if self._eof_reached() and pipeline.in_flight == 0:
+                    self.finished_s = time.monotonic()
                     log.info("end_of_input", lines=pipeline.lines, verdicts=pipeline.verdicts)
                     break
                 if self._limits.max_seconds is not None and mono - started > self._limits.max_seconds:

@@ -22,11 +22,13 @@ class Engine:
     sink: VerdictSink
     metrics: DetectorMetrics
     identity: ModelIdentity
+    owns_backend: bool = True
 
     def close(self) -> None:
         self.worker.close()
         self.sink.close()
-        self.backend.close()
+        if self.owns_backend:  # a backend handed in by the caller is the caller's to close
+            self.backend.close()
 
 
 def build_engine(
@@ -36,9 +38,10 @@ def build_engine(
     metrics: DetectorMetrics | None = None,
 ) -> Engine:
     metrics = metrics or DetectorMetrics()
+    owns_backend = backend is None
     backend = backend or make_backend(settings.backend)
     classifier = Classifier(backend, retries=settings.judging.retries)
     worker = JudgeWorker(WindowJudge(classifier, settings.judging, metrics), settings.judging, metrics)
     identity = ModelIdentity(model_id=backend.model_id, prompt_version=PROMPT_VERSION)
     pipeline = Pipeline(settings, worker, sink, metrics, identity)
-    return Engine(backend, worker, pipeline, sink, metrics, identity)
+    return Engine(backend, worker, pipeline, sink, metrics, identity, owns_backend)

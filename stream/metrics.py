@@ -9,7 +9,7 @@ class DetectorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.lines = Counter("rationanomaly_lines", "Log lines read", ["partition"], registry=r)
+        self.lines = Counter("rationanomaly_lines", "Log lines read", registry=r)
         self.windows = Counter("rationanomaly_windows", "Windows closed", ["kind"], registry=r)
         self.verdicts = Counter("rationanomaly_verdicts", "Verdicts published", ["verdict"], registry=r)
         self.dead_letters = Counter(

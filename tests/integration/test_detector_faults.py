@@ -1,0 +1,135 @@
+"""The detector under faults: SIGKILL mid-stream and restart; bad records into the dead-letter topic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import orjson
+import pytest
+
+from rationanomaly.stream.app import Detector, RunLimits
+from tests.integration.detector_support import (
+    create_topics,
+    expected_memberships,
+    file_values,
+    produce_lines,
+    read_topic,
+    unique,
+    verdicts_of,
+)
+from tests.integration.test_detector_e2e import HDFS_BLOCKS, detector_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _detector_process(env: dict[str, str], log_path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rationanomaly.cli.main", "run", "--stop-at-eof", "--log-level", "INFO"],
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _count(bootstrap: str, topic: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("count")})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        return high
+    finally:
+        consumer.close()
+
+
+def test_sigkill_mid_stream_loses_nothing(kafka_bootstrap, data_dir, backend_settings, tmp_path):
+    hdfs = data_dir / "raw" / "HDFS_20000.log"
+    logs, out, dlq = unique("crash"), unique("verdicts"), unique("dlq")
+    create_topics(kafka_bootstrap, logs, out, dlq)
+    produce_lines(kafka_bootstrap, logs, file_values(hdfs))
+    env = {
+        **os.environ,
+        "RATIONANOMALY_KAFKA__BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "RATIONANOMALY_KAFKA__GROUP_ID": unique("crash-group"),
+        "RATIONANOMALY_INPUT__TOPIC": logs,
+        # small polls and frequent commits, so the kill lands between commits with work in flight
+        "RATIONANOMALY_INPUT__POLL_BATCH": "200",
+        "RATIONANOMALY_OUTPUT__TOPIC": out,
+        "RATIONANOMALY_OUTPUT__DLQ_TOPIC": dlq,
+        "RATIONANOMALY_CHECKPOINT__DIR": str(tmp_path / "checkpoints"),
+        "RATIONANOMALY_CHECKPOINT__INTERVAL_S": "0.5",
+        "RATIONANOMALY_METRICS__PORT": "0",
+        "RATIONANOMALY_PROFILE__NAME": "hdfs",
+        "RATIONANOMALY_BACKEND__MAX_NEW_TOKENS": str(backend_settings.max_new_tokens),
+        "RATIONANOMALY_BACKEND__DEVICE": "cpu",
+    }
+    log_path = tmp_path / "detector.log"
+
+    first = _detector_process(env, log_path)
+    deadline = time.monotonic() + 600
+    while _count(kafka_bootstrap, out) < 300:
+        assert first.poll() is None, f"detector exited early:\n{log_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "no verdicts within 10 minutes"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    published_before = _count(kafka_bootstrap, out)
+    assert published_before < HDFS_BLOCKS, "the kill came too late to test a restart"
+
+    second = _detector_process(env, log_path)
+    assert second.wait(900) == 0, log_path.read_text()[-3000:]
+
+    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, idle_s=3.0))
+    ids_by_block: dict[str, set[str]] = defaultdict(set)
+    for v in verdicts:
+        ids_by_block[v["window"]["key"]].add(v["verdict_id"])
+    blocks, _ = expected_memberships(hdfs)
+    assert set(ids_by_block) == blocks, f"{len(blocks - set(ids_by_block))} blocks never judged"
+    assert all(len(ids) == 1 for ids in ids_by_block.values()), "a repeat carried a different verdict_id"
+    # the restart re-read from the committed offset: some repeats are expected, none are partial
+    assert len(verdicts) >= HDFS_BLOCKS
+
+
+def test_bad_records_go_to_the_dead_letter_topic(kafka_bootstrap, real_backend, backend_settings, tmp_path):
+    logs, out, dlq = unique("bad"), unique("verdicts"), unique("dlq")
+    create_topics(kafka_bootstrap, logs, out, dlq)
+    good = [
+        {"message": "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_1 src: /10.0.0.1:1 dest: /10.0.0.1:50010"},
+        {"message": "081109 203519 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /a/b. blk_2"},
+    ]
+    bad = {
+        "invalid_utf8": b'{"message": "\xff\xfe broken"}',
+        "giant_line": orjson.dumps({"message": "081109 203520 1 INFO dfs.X: " + "x" * (1024 * 1024)}),
+        "empty": b"",
+        "broken_json": b'{"message": "081109 203521 1 INFO dfs.X: blk_3',
+        "no_profile_match": orjson.dumps({"message": "this line has no HDFS header blk_4"}),
+    }
+    values = [orjson.dumps(good[0]), *bad.values(), orjson.dumps(good[1])]
+    produce_lines(kafka_bootstrap, logs, values)
+
+    settings = detector_settings(
+        kafka_bootstrap, logs, out, dlq, tmp_path,
+        input={"decode": {"format": "json", "message_field": "message"}},
+        backend=backend_settings.model_dump(),
+    )
+    Detector(settings, RunLimits(stop_at_eof=True, max_seconds=600), backend=real_backend).run()
+
+    letters = read_topic(kafka_bootstrap, dlq, expected=len(bad))
+    assert len(letters) == len(bad)
+    offsets = sorted(int(dict(m.headers())["rationanomaly.source.offset"]) for m in letters)
+    assert offsets == [1, 2, 3, 4, 5]
+    for letter in letters:
+        headers = dict(letter.headers())
+        assert headers["rationanomaly.source.topic"].decode() == logs
+        assert headers["rationanomaly.stage"] in (b"decode", b"profile")
+        assert headers["rationanomaly.error"]
+    giant = [m for m in letters if dict(m.headers())["rationanomaly.source.offset"] == b"2"][0]
+    assert len(giant.value()) > 1024 * 1024, "the dead letter must carry the whole original record"
+    # the stream went on: both good lines, before and after the bad ones, reached a verdict
+    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=2))
+    assert sorted(v["window"]["key"] for v in verdicts) == ["blk_1", "blk_2"]
