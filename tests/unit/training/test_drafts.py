@@ -1,0 +1,60 @@
+"""The draft writer never contradicts its input, on every train template."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rationanomaly.model.parser import parse_verdict
+from rationanomaly.model.prompt import completion_text
+from rationanomaly.training.data import load_split
+from rationanomaly.training.drafts import draft, draft_template, draft_window
+from rationanomaly.training.lexicon import stance
+
+# An independent, plain list of trouble words: a draft that says "no fault keywords" must not
+# be looking at any of these.
+TROUBLE = re.compile(
+    r"error|fail|fatal|panic|exception|fault|denied|refused|timed out|timeout|lost|unable|cannot|"
+    r"could not|invalid|illegal|corrupt|bad |warning|disconnect|critical|abort|not found|missing",
+    re.IGNORECASE,
+)
+TRAIN = {split: load_split(split) for split in ("bgl_train", "spirit_train")}
+
+
+@pytest.mark.parametrize("split", sorted(TRAIN))
+def test_drafts_never_contradict_the_input(split: str) -> None:
+    for example in TRAIN[split]:
+        rationale = draft(example).rationale
+        text = example.source
+        if "no fault keywords" in rationale:
+            assert not TROUBLE.search(text), (text, rationale)
+        for quoted in re.findall(r"'(.+?)'(?=, '|\. | from )", rationale):
+            assert quoted.lower() in text.lower().replace("<", ""), (quoted, text)
+        assert stance(rationale) == example.label, (text, rationale)
+
+
+@pytest.mark.parametrize("split", sorted(TRAIN))
+def test_drafts_are_short_valid_targets(split: str) -> None:
+    for example in TRAIN[split]:
+        rationale = draft(example).rationale
+        assert len(rationale.split()) <= 40, rationale
+        verdict = parse_verdict(completion_text(rationale, example.label))
+        assert verdict.label == example.label
+
+
+def test_draft_provenance() -> None:
+    assert draft(TRAIN["bgl_train"][0]).rationale_source == "draft"
+
+
+def test_error_words_are_named_not_denied() -> None:
+    text = draft_template("NFS Mount failed on <*> slept <*> seconds, retrying <*>", "normal")
+    assert "'failed'" in text and "no fault" not in text and "retried" in text
+
+
+def test_window_drafts() -> None:
+    for session in load_split("hdfs_train")[:200]:
+        rationale = draft_window(session.templates, session.label)
+        assert stance(rationale) == session.label
+        if "no fault keywords" in rationale:
+            assert not any(TROUBLE.search(t) for t in session.templates)

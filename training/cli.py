@@ -1,0 +1,195 @@
+"""Typer commands for the training room; the project CLI mounts them.
+
+`app` carries `sft`, `grpo` and the `rationales` group (mounted as `rationanomaly train …`);
+`eval_command` is a top-level command (`rationanomaly eval DATA.jsonl --model M --report R`).
+Heavy imports (torch, TRL) happen inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Train the verdict model: rationales, CoT-SFT, GRPO.", no_args_is_help=True)
+rationales_app = typer.Typer(help="Rationales for SFT: drafts, teacher, expert review.", no_args_is_help=True)
+app.add_typer(rationales_app, name="rationales")
+
+_SPLITS = "bgl_train,spirit_train"
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _load(inputs: list[Path] | None, splits: str):
+    from rationanomaly.training.data import load_any, load_split, read_jsonl
+
+    if not inputs:
+        return [e for s in _splits(splits) for e in load_split(s)]
+    examples = []
+    for path in inputs:
+        # A rationales file (our own jsonl) keeps its rationales; anything else is raw data.
+        try:
+            examples += read_jsonl(path)
+        except (KeyError, TypeError):
+            examples += load_any(path)
+    return examples
+
+
+@rationales_app.command("draft")
+def draft_command(
+    out: Path = typer.Option(..., help="Output rationales jsonl."),
+    inputs: list[Path] = typer.Option(None, "--input", help="Data or rationales files (default: the train splits)."),
+    splits: str = typer.Option(_SPLITS, help="Comma-separated shared-data splits when no --input."),
+    hdfs_windows: int = typer.Option(0, help="Add a balanced slice of hdfs_train sessions (window mode)."),
+) -> None:
+    """Grounded draft rationales (no teacher needed); provenance "draft"."""
+    from rationanomaly.training.data import write_jsonl
+    from rationanomaly.training.drafts import draft_all
+    from rationanomaly.training.sft import SFTRun, training_examples
+
+    if hdfs_windows:
+        examples = training_examples(SFTRun(splits=_splits(splits), hdfs_windows=hdfs_windows, abnormal_share=0.01))
+    else:
+        examples = draft_all(_load(inputs, splits))
+    write_jsonl(examples, out)
+    typer.echo(f"{len(examples)} rationales → {out}")
+
+
+@rationales_app.command("teacher")
+def teacher_command(
+    out: Path = typer.Option(..., help="Output rationales jsonl."),
+    base_url: str = typer.Option(..., help="OpenAI-compatible root, e.g. http://127.0.0.1:8000/v1"),
+    model: str = typer.Option("default", help="Served model name (default: ask /v1/models)."),
+    samples: int = typer.Option(3, help="Tries per example until the teacher's verdict matches gold."),
+    inputs: list[Path] = typer.Option(None, "--input"),
+    splits: str = typer.Option(_SPLITS),
+    draft_rejected: bool = typer.Option(True, help="Give a draft to examples the teacher never got right."),
+) -> None:
+    """Teacher rationales (key parameters → implications → conclusion), kept only when right."""
+    from rationanomaly.training.data import write_jsonl
+    from rationanomaly.training.drafts import draft_all
+    from rationanomaly.training.teacher import collect_teacher_rationales, teacher_backend
+
+    backend = teacher_backend(base_url, model)
+    try:
+        examples, stats = collect_teacher_rationales(_load(inputs, splits), backend, samples)
+    finally:
+        backend.close()
+    if draft_rejected:
+        examples = draft_all(examples)
+    write_jsonl(examples, out)
+    typer.echo(f"teacher kept {stats.kept}, rejected {stats.rejected} → {out}")
+
+
+@rationales_app.command("export")
+def export_command(
+    rationales: Path = typer.Argument(..., help="Rationales jsonl."),
+    out: Path = typer.Option(..., help="CSV for the experts."),
+    limit: int = typer.Option(None, help="Only the first N."),
+) -> None:
+    """Export a batch to CSV: id,input,label,rationale,source,expert_label,expert_rationale,comment."""
+    from rationanomaly.training.data import read_jsonl
+    from rationanomaly.training.review import export_review
+
+    examples = read_jsonl(rationales)
+    export_review(examples[:limit] if limit else examples, out)
+    typer.echo(f"exported → {out}")
+
+
+@rationales_app.command("merge")
+def merge_command(
+    rationales: Path = typer.Argument(..., help="Rationales jsonl the CSV was exported from."),
+    review: Path = typer.Argument(..., help="The edited CSV."),
+    out: Path = typer.Option(..., help="Merged rationales jsonl."),
+) -> None:
+    """Merge expert corrections back (they win; label changes recorded as provenance "expert")."""
+    from rationanomaly.training.data import read_jsonl, write_jsonl
+    from rationanomaly.training.review import merge_review
+
+    merged, stats = merge_review(read_jsonl(rationales), review)
+    write_jsonl(merged, out)
+    typer.echo(f"{stats.rows} rows: {stats.label_changes} label and {stats.rationale_changes} rationale changes, {stats.unknown_ids} unknown ids → {out}")
+
+
+@app.command("sft")
+def sft_command(
+    output_dir: Path = typer.Option(Path("runs/sft")),
+    model: str = typer.Option(None, help="Base HF checkpoint dir (default: the prepared SmolLM2-135M-Instruct)."),
+    rationales: Path = typer.Option(None, help="Rationales jsonl (default: drafts of --splits)."),
+    splits: str = typer.Option(_SPLITS),
+    hdfs_windows: int = typer.Option(40),
+    abnormal_share: float = typer.Option(0.35),
+    full: bool = typer.Option(False, help="Full fine-tuning instead of LoRA."),
+    max_steps: int = typer.Option(360),
+    learning_rate: float = typer.Option(4e-4),
+    batch_size: int = typer.Option(4),
+    time_budget_min: float = typer.Option(None, help="Stop and save after this many minutes."),
+    resume: bool = typer.Option(False, help="Resume from the last checkpoint in output_dir."),
+) -> None:
+    """LoRA (or full) CoT-SFT with TRL's SFTTrainer."""
+    from rationanomaly.training.sft import SFTRun, default_sft_config, train_sft
+
+    run = SFTRun(model=model, splits=_splits(splits), rationales=rationales, hdfs_windows=hdfs_windows,
+                 abnormal_share=abnormal_share, lora=not full, time_budget_min=time_budget_min)
+    config = default_sft_config(output_dir, max_steps=max_steps, learning_rate=learning_rate,
+                                per_device_train_batch_size=batch_size, max_length=640, save_steps=120, logging_steps=10)
+    typer.echo(str(train_sft(run, config, resume=resume)))
+
+
+@app.command("grpo")
+def grpo_command(
+    adapter: Path = typer.Option(..., help="SFT adapter to continue."),
+    output_dir: Path = typer.Option(Path("runs/grpo")),
+    model: str = typer.Option(None),
+    rationales: Path = typer.Option(None, help="References for grounding/brevity (default: drafts)."),
+    splits: str = typer.Option(_SPLITS),
+    max_steps: int = typer.Option(40),
+    learning_rate: float = typer.Option(2e-5),
+    num_generations: int = typer.Option(4),
+    prompts_per_step: int = typer.Option(2),
+    max_completion_length: int = typer.Option(96),
+    coherence: bool = typer.Option(True, help="Include the perplexity (coherence) reward."),
+    time_budget_min: float = typer.Option(None),
+) -> None:
+    """GRPO from the SFT adapter with format + answer + think + consistency rewards."""
+    from rationanomaly.training.grpo import GRPORun, default_grpo_config, train_grpo
+    from rationanomaly.training.rewards import RewardConfig, build_rewards
+
+    rewards = RewardConfig(use_coherence=coherence)
+    _, weights = build_rewards(rewards, scorer=lambda text: 1.0)  # weights only; no model loaded
+    run = GRPORun(adapter=str(adapter), model=model, splits=_splits(splits), rationales=rationales,
+                  rewards=rewards, time_budget_min=time_budget_min)
+    config = default_grpo_config(output_dir, weights=weights, max_steps=max_steps, learning_rate=learning_rate,
+                                 num_generations=num_generations,
+                                 per_device_train_batch_size=num_generations * prompts_per_step,
+                                 max_completion_length=max_completion_length)
+    typer.echo(str(train_grpo(run, config)))
+
+
+def eval_command(
+    data: list[Path] = typer.Argument(..., help="templates/*.jsonl, sessions/*.jsonl or BGL *_structured.csv"),
+    model: str = typer.Option("default", help='"default" (base + shipped adapter), "base", an adapter dir, or an HF dir.'),
+    report: Path = typer.Option(Path("report.json"), help="Report JSON; .md and .png are written beside it."),
+    baselines: str = typer.Option("tfidf,zero-shot", help="Comma-separated: tfidf, zero-shot; empty for none."),
+    session_mode: str = typer.Option("template,window", help="For sessions files: template (paper's rule), window."),
+    limit: int = typer.Option(None, help="First N items per file (sessions: a stratified sample)."),
+    batch_size: int = typer.Option(8),
+    max_new_tokens: int = typer.Option(96),
+) -> None:
+    """Precision, recall, F1, confusion matrix, format-valid and consistency rates, latency."""
+    from rationanomaly.training.evaluate import EvalRequest, SessionMode, run_evaluation, write_report
+
+    request = EvalRequest(
+        data=tuple(data), model=model, baselines=_splits(baselines),
+        session_mode=tuple(SessionMode(m) for m in _splits(session_mode)),
+        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
+    )
+    result = run_evaluation(request, items_path=report.with_suffix(".items.jsonl"))
+    written = write_report(result, report)
+    typer.echo(f"precision {result['precision']:.3f} recall {result['recall']:.3f} f1 {result['f1']:.3f}")
+    typer.echo("\n".join(str(p) for p in written))
+
+
+app.command("eval")(eval_command)
