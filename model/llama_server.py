@@ -6,8 +6,10 @@ it meets in production with vLLM. Needs the `server` extra: `pip install 'ration
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -79,7 +81,12 @@ class LlamaServer:
         if self.n_threads is not None:
             command += ["--n_threads", str(self.n_threads)]
         self._log_file = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
-        self._process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, env=os.environ.copy())
+        self._process = subprocess.Popen(
+            command,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         log.info("starting llama.cpp server", port=self.port, gguf=str(gguf), log=self._log_file.name)
         self._wait_ready()
         return self
@@ -128,3 +135,12 @@ class LlamaServer:
             return ""
         self._log_file.flush()
         return Path(self._log_file.name).read_text(errors="replace")[-limit:]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: a test run or bench killed by a timeout must not leave
+    a server behind holding a CPU core (Linux PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
