@@ -9,6 +9,7 @@ processes load in under a second.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -138,6 +139,32 @@ def resolve_adapter(adapter: str | None) -> str | None:
             '"default" for the shipped one, or None'
         )
     return adapter
+
+
+def model_label(model: str, adapter_path: str | None) -> str:
+    """A stable, machine-independent model id for verdicts: the cache path of the default
+    model differs per machine, and an adapter is named with a digest of its weights so a
+    retrained adapter never shares an id with the old one.
+
+    >>> model_label("default", None)
+    'smollm2-135m-instruct'
+    >>> model_label("HuggingFaceTB/SmolLM2-360M-Instruct", None)
+    'HuggingFaceTB/SmolLM2-360M-Instruct'
+    """
+    base = DEFAULT_MODEL_NAME if model == DEFAULT else model
+    if adapter_path is None:
+        return base
+    return f"{base}+{Path(adapter_path).name}@{_adapter_digest(Path(adapter_path))}"
+
+
+def _adapter_digest(adapter_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(adapter_dir.glob("adapter_*")):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 def resolve_device(device: str) -> str:

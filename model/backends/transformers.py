@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from rationanomaly.model.backends.base import BackendError, Conversation, Generation
-from rationanomaly.model.loading import ModelLoadError, load_causal_lm
+from rationanomaly.model.loading import ModelLoadError, load_causal_lm, model_label, resolve_adapter
 from rationanomaly.model.settings import BackendSettings
 
 log = structlog.get_logger(__name__)
@@ -28,11 +28,16 @@ class TransformersBackend:
         self._settings = settings
         if model is None or tokenizer is None:
             try:
+                adapter_path = resolve_adapter(settings.adapter)
                 model, tokenizer = load_causal_lm(
-                    settings.model, settings.adapter, device=settings.device, dtype=settings.dtype
+                    settings.model, adapter_path, device=settings.device, dtype=settings.dtype
                 )
             except ModelLoadError as error:
                 raise BackendError(str(error)) from error
+            self.model_id: str = model_label(settings.model, adapter_path)
+        else:
+            # A model handed in (training evaluation) is named by where it was loaded from.
+            self.model_id = str(getattr(model, "name_or_path", None) or settings.model)
         if tokenizer.padding_side != "left":
             # Right padding would put pad tokens between the prompt and the generated text.
             tokenizer.padding_side = "left"
@@ -40,7 +45,6 @@ class TransformersBackend:
             tokenizer.pad_token = tokenizer.eos_token
         self._model = model
         self._tokenizer = tokenizer
-        self.model_id: str = str(getattr(model, "name_or_path", None) or settings.model)
 
     def generate(self, conversations: Sequence[Conversation]) -> list[Generation]:
         results: list[Generation] = []

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from rationanomaly.model.backends.base import BackendError, Conversation, Generation
-from rationanomaly.model.loading import resolve_adapter, resolve_model
+from rationanomaly.model.loading import model_label, resolve_adapter, resolve_model
 from rationanomaly.model.parser import OUTPUT_REGEX
 from rationanomaly.model.settings import BackendSettings
 
@@ -51,7 +51,7 @@ class VLLMBackend:
         self._lora = (
             vllm.LoRARequest("rationanomaly", 1, adapter_path) if adapter_path is not None else None
         )
-        self.model_id: str = model_path if adapter_path is None else f"{model_path}+{adapter_path}"
+        self.model_id: str = model_label(settings.model, adapter_path)
 
     def generate(self, conversations: Sequence[Conversation]) -> list[Generation]:
         if self._llm is None:

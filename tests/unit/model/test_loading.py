@@ -90,3 +90,14 @@ def test_adapters(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_shipped_adapter_location() -> None:
     assert loading.SHIPPED_ADAPTER.parts[-3:] == ("model", "adapters", "rationanomaly-smollm2")
+
+
+def test_model_label_names_adapter_by_content(tmp_path: Path) -> None:
+    adapter = tmp_path / "my-adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"v1")
+    first = loading.model_label("default", str(adapter))
+    assert first.startswith("smollm2-135m-instruct+my-adapter@")
+    (adapter / "adapter_model.safetensors").write_bytes(b"v2")
+    assert loading.model_label("default", str(adapter)) != first

@@ -12,6 +12,7 @@ MODULES = [
     "rationanomaly.model.prompt",
     "rationanomaly.model.settings",
     "rationanomaly.model.classifier",
+    "rationanomaly.model.loading",
     "rationanomaly.model.backends.openai",
     "rationanomaly.model.backends.transformers",
 ]

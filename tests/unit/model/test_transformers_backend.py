@@ -55,7 +55,7 @@ def test_make_backend_loads_the_default_model() -> None:
     backend = make_backend(settings(max_new_tokens=8))
     try:
         assert isinstance(backend, TransformersBackend)
-        assert backend.model_id.endswith("smollm2-135m-instruct")
+        assert backend.model_id == "smollm2-135m-instruct"  # machine-independent, for verdict ids
         (judgement,) = Classifier(backend, retries=0).classify(CONVERSATIONS[:1])
     finally:
         backend.close()
