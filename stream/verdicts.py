@@ -1,0 +1,190 @@
+"""The verdict: what the detector publishes for each judged window, and its JSON form.
+
+`verdict_id` is a hash of what determines the verdict (profile, window, model, prompt), so a
+replay or a restart after a crash republishes the same id and consumers can drop repeats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from importlib import metadata
+from typing import Literal, Protocol
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from rationanomaly.stream.records import Label, VerdictLabel, Window, WindowKind
+
+SCHEMA_VERSION = 1
+KeyKind = Literal["session", "host", "component", "none"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _detector_version() -> str:
+    try:
+        return metadata.version("rationanomaly")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"
+
+
+DETECTOR_VERSION = _detector_version()
+
+
+def verdict_id(
+    profile: str,
+    kind: WindowKind | str,
+    key: str,
+    start_ms: int,
+    end_ms: int,
+    model_id: str,
+    prompt_version: str,
+) -> str:
+    """Deterministic id: the same window judged by the same model and prompt gets the same id.
+
+    >>> vid = verdict_id("hdfs", "session", "blk_1", 0, 5, "m", "p1")
+    >>> vid
+    '8096beca56e7b9e278db108129f1d977'
+    >>> verdict_id("hdfs", WindowKind.SESSION, "blk_1", 0, 5, "m", "p1") == vid
+    True
+    """
+    kind_text = kind.value if isinstance(kind, WindowKind) else kind
+    # A JSON array keeps the fields apart: ("a b", "c") and ("a", "b c") hash differently.
+    payload = orjson.dumps([profile, kind_text, key, start_ms, end_ms, model_id, prompt_version])
+    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+def iso_utc(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with millisecond precision.
+
+    >>> iso_utc(1_226_262_975_123)
+    '2008-11-09T20:36:15.123Z'
+    """
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class OffsetSpan(_Model):
+    topic: str
+    partition: int
+    first: int
+    last: int
+
+
+class VerdictWindow(_Model):
+    kind: WindowKind
+    key: str
+    key_by: KeyKind | None = None  # what the key names; "host" lets SIEM mappings fill host.name
+    start: str  # ISO-8601 UTC, event time of the first line
+    start_ms: int
+    end: str
+    end_ms: int
+    lines: int = Field(ge=1)
+    offsets: tuple[OffsetSpan, ...]
+
+
+class TemplateVerdict(_Model):
+    id: str
+    text: str
+    count: int = Field(ge=1)  # lines of the window with this template
+    verdict: VerdictLabel | None = None  # per template in template mode; None when not judged alone
+
+
+class ModelInfo(_Model):
+    id: str
+    prompt_version: str
+    latency_ms: float = Field(ge=0)
+
+
+class Verdict(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    verdict_id: str
+    verdict: VerdictLabel
+    reason: str | None = None  # why the verdict is "unknown"
+    window: VerdictWindow
+    templates: tuple[TemplateVerdict, ...]  # in order of first appearance
+    rationale: str | None = None  # the step-by-step analysis behind an "abnormal" verdict
+    model: ModelInfo
+    confidence: float | None = Field(None, ge=0, le=1)  # only if a backend reports one
+    ground_truth: Label | None = None  # from labelled data (evaluation); never shown to the model
+    profile: str
+    detector_version: str
+    created: str  # processing time, ISO-8601 UTC
+    created_ms: int
+
+
+class JudgedLike(Protocol):
+    """What `build_verdict` reads from a judged window (stream.judging.JudgedWindow fits)."""
+
+    @property
+    def window(self) -> Window: ...
+    @property
+    def label(self) -> VerdictLabel: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def rationale(self) -> str | None: ...
+    @property
+    def template_labels(self) -> Mapping[str, VerdictLabel]: ...
+    @property
+    def latency_ms(self) -> float: ...
+
+
+def build_verdict(
+    judged: JudgedLike,
+    *,
+    profile: str,
+    model_id: str,
+    prompt_version: str,
+    created_ms: int,
+    key_by: KeyKind | None = None,
+    detector_version: str = DETECTOR_VERSION,
+    confidence: float | None = None,
+) -> Verdict:
+    """`key_by` is the windows' `key_by` for count/time windows; session keys are "session"."""
+    w = judged.window
+    counts = Counter(w.sequence)
+    labels = judged.template_labels
+    return Verdict(
+        verdict_id=verdict_id(profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version),
+        verdict=judged.label,
+        reason=judged.reason,
+        window=VerdictWindow(
+            kind=w.kind,
+            key=w.key,
+            key_by="session" if w.kind is WindowKind.SESSION else key_by,
+            start=iso_utc(w.start_ms),
+            start_ms=w.start_ms,
+            end=iso_utc(w.end_ms),
+            end_ms=w.end_ms,
+            lines=w.lines,
+            offsets=tuple(OffsetSpan(topic=w.topic, partition=r.partition, first=r.first, last=r.last) for r in w.offsets),
+        ),
+        templates=tuple(
+            TemplateVerdict(id=tid, text=text, count=counts[tid], verdict=labels.get(tid))
+            for tid, text in w.templates.items()
+        ),
+        rationale=judged.rationale,
+        model=ModelInfo(id=model_id, prompt_version=prompt_version, latency_ms=max(0.0, judged.latency_ms)),
+        confidence=confidence,
+        ground_truth=w.ground_truth,
+        profile=profile,
+        detector_version=detector_version,
+        created=iso_utc(created_ms),
+        created_ms=created_ms,
+    )
+
+
+def to_json(verdict: Verdict) -> bytes:
+    return orjson.dumps(verdict.model_dump(mode="json"))
+
+
+def from_json(data: bytes | str) -> Verdict:
+    """Raises pydantic.ValidationError or orjson.JSONDecodeError (both ValueError) on bad input."""
+    return Verdict.model_validate(orjson.loads(data))

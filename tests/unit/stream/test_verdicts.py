@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import doctest
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from rationanomaly.stream import verdicts
+from rationanomaly.stream.records import OffsetRange, VerdictLabel, Window, WindowKind
+from rationanomaly.stream.verdicts import Verdict, build_verdict, from_json, iso_utc, to_json, verdict_id
+
+
+@dataclass(frozen=True)
+class Judged:  # the shape of stream.judging.JudgedWindow
+    window: Window
+    label: VerdictLabel
+    reason: str | None = None
+    rationale: str | None = None
+    template_labels: Mapping[str, VerdictLabel] = field(default_factory=dict)
+    latency_ms: float = 12.5
+
+
+def window(kind: WindowKind = WindowKind.SESSION, key: str = "blk_-42") -> Window:
+    return Window(
+        kind=kind,
+        key=key,
+        start_ms=1_226_262_918_000,
+        end_ms=1_226_263_101_000,
+        lines=4,
+        sequence=("tA", "tB", "tA", "tA"),
+        templates={"tA": "Receiving block blk_<NUM>", "tB": "writeBlock blk_<NUM> received exception <*>"},
+        offsets=(OffsetRange(0, 10, 99),),
+        topic="hdfs-logs",
+        ground_truth="abnormal",
+    )
+
+
+def abnormal(**kw) -> Verdict:
+    judged = Judged(
+        window=kw.pop("window", window()),
+        label="abnormal",
+        rationale="Template tB «writeBlock ...»: an exception while writing a block is a failure.",
+        template_labels={"tA": "normal", "tB": "abnormal"},
+    )
+    return build_verdict(judged, profile="hdfs", model_id="smollm2-135m", prompt_version="p3", created_ms=1_700_000_000_000, **kw)
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(verdicts).failed == 0
+
+
+def test_verdict_id_is_deterministic_and_sensitive_to_each_part() -> None:
+    base = ("hdfs", WindowKind.SESSION, "blk_1", 10, 20, "model", "p1")
+    assert verdict_id(*base) == verdict_id(*base)
+    assert len(verdict_id(*base)) == 32
+    variants = {verdict_id(*base[:i], change, *base[i + 1 :]) for i, change in enumerate(("bgl", "count", "blk_2", 11, 21, "m2", "p2"))}
+    assert len(variants) == 7 and verdict_id(*base) not in variants
+    assert verdict_id("a b", "session", "c", 0, 0, "m", "p") != verdict_id("a", "session", "b c", 0, 0, "m", "p")
+
+
+def test_iso_utc() -> None:
+    assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+    assert iso_utc(-1) == "1969-12-31T23:59:59.999Z"
+
+
+def test_build_verdict_from_a_judged_window() -> None:
+    v = abnormal()
+    assert v.verdict_id == verdict_id("hdfs", "session", "blk_-42", 1_226_262_918_000, 1_226_263_101_000, "smollm2-135m", "p3")
+    assert v.verdict == "abnormal" and v.reason is None and v.rationale.startswith("Template tB")
+    assert v.window.model_dump(mode="json") == {
+        "kind": "session",
+        "key": "blk_-42",
+        "key_by": "session",
+        "start": "2008-11-09T20:35:18.000Z",
+        "start_ms": 1_226_262_918_000,
+        "end": "2008-11-09T20:38:21.000Z",
+        "end_ms": 1_226_263_101_000,
+        "lines": 4,
+        "offsets": [{"topic": "hdfs-logs", "partition": 0, "first": 10, "last": 99}],
+    }
+    assert [(t.id, t.count, t.verdict) for t in v.templates] == [("tA", 3, "normal"), ("tB", 1, "abnormal")]
+    assert v.model.model_dump() == {"id": "smollm2-135m", "prompt_version": "p3", "latency_ms": 12.5}
+    assert v.ground_truth == "abnormal" and v.profile == "hdfs" and v.created == "2023-11-14T22:13:20.000Z"
+    assert v.detector_version and v.schema_version == 1
+
+
+def test_window_mode_and_unknown() -> None:
+    judged = Judged(window=window(WindowKind.COUNT, "web-1"), label="unknown", reason="tA: timeout after 3 attempts")
+    v = build_verdict(judged, profile="hdfs", model_id="m", prompt_version="p", created_ms=0, key_by="host")
+    assert v.verdict == "unknown" and v.reason == "tA: timeout after 3 attempts" and v.rationale is None
+    assert v.window.key_by == "host" and all(t.verdict is None for t in v.templates)
+
+
+def test_json_round_trip() -> None:
+    v = abnormal()
+    data = to_json(v)
+    assert isinstance(data, bytes)
+    assert from_json(data) == v
+    assert orjson.loads(data)["window"]["kind"] == "session"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(verdict="maybe"),
+        lambda d: d.update(surprise=1),
+        lambda d: d["window"].pop("start_ms"),
+        lambda d: d.update(schema_version=2),
+    ],
+)
+def test_from_json_rejects_bad_documents(mutate) -> None:
+    doc = orjson.loads(to_json(abnormal()))
+    mutate(doc)
+    with pytest.raises(ValidationError):
+        from_json(orjson.dumps(doc))
+
+
+def test_verdicts_are_frozen() -> None:
+    v = abnormal()
+    with pytest.raises(ValidationError):
+        v.verdict = "normal"  # type: ignore[misc]
