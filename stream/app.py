@@ -210,7 +210,7 @@ class Detector:
         offsets = []
         topic = self._settings.input.topic
         for partition in sorted(self._assigned):
-            offset = pipeline.ledger.committable(partition)
+            offset = pipeline.committable(partition)
             if offset is None or offset <= self._committed.get(partition, -1):
                 continue
             self._store.save(partition, pipeline.checkpoint(partition, offset))

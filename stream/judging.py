@@ -51,16 +51,33 @@ def combine(labels: list[VerdictLabel]) -> VerdictLabel:
 
 
 class TemplateCache:
-    """Judgements by template id. Unknown answers are not cached, so they are asked again."""
+    """Judgements by template id.
 
-    def __init__(self) -> None:
+    An `unknown` answer (the model failed after its retries) is kept only for `unknown_ttl_s`:
+    asking again for every window would multiply the model's load exactly when it struggles.
+    """
+
+    def __init__(self, unknown_ttl_s: float = 300.0) -> None:
         self._by_id: dict[str, Judgement] = {}
+        self._unknown: dict[str, tuple[float, Judgement]] = {}
+        self._ttl_s = unknown_ttl_s
 
     def get(self, template_id: str) -> Judgement | None:
-        return self._by_id.get(template_id)
+        found = self._by_id.get(template_id)
+        if found is not None:
+            return found
+        failed = self._unknown.get(template_id)
+        if failed is not None:
+            if time.monotonic() - failed[0] < self._ttl_s:
+                return failed[1]
+            del self._unknown[template_id]
+        return None
 
     def put(self, template_id: str, judgement: Judgement) -> None:
-        if judgement.label != "unknown":
+        if judgement.label == "unknown":
+            self._unknown[template_id] = (time.monotonic(), judgement)
+        else:
+            self._unknown.pop(template_id, None)
             self._by_id[template_id] = judgement
 
     def __len__(self) -> int:
@@ -74,7 +91,7 @@ class WindowJudge:
         self._classifier = classifier
         self._settings = settings
         self._metrics = metrics
-        self.cache = TemplateCache()
+        self.cache = TemplateCache(settings.unknown_ttl_s)
 
     def judge(self, windows: list[Window]) -> list[JudgedWindow]:
         if self._settings.mode is JudgeMode.TEMPLATE:
@@ -144,7 +161,7 @@ class WindowJudge:
                     label=judgement.label,
                     reason=judgement.reason if judgement.label == "unknown" else None,
                     rationale=judgement.rationale if judgement.label == "abnormal" else None,
-                    template_labels={tid: "unknown" for tid in window.templates},
+                    template_labels={},  # the window was judged as a whole, no template alone
                     latency_ms=judgement.latency_s * 1000.0,
                 )
             )

@@ -62,6 +62,7 @@ class Pipeline:
         self._decoder = Decoder(settings.input.decode)
         self._profile = resolve_profile(settings.profile)
         self._headers = HeaderParser(self._profile)
+        self._key_by = None if settings.windows.key_by == "none" else settings.windows.key_by
         self._states: dict[int, PartitionState] = {}
         self._held: dict[int, tuple[int, Window]] = {}  # id(window) -> (partition, window)
         self.ledger = OffsetLedger()
@@ -88,6 +89,12 @@ class Pipeline:
         )
         self._states[partition] = state
         log.info("partition_restored", partition=partition, offset=checkpoint.offset, templates=state.parser.size)
+
+    def committable(self, partition: int) -> int | None:
+        """The offset that may be committed: below every line still in an open or unpublished window."""
+        state = self._states.get(partition)
+        open_min = state.windower.open_min_offsets().get(partition) if state is not None else None
+        return self.ledger.committable(partition, open_min)
 
     def checkpoint(self, partition: int, offset: int) -> Checkpoint:
         state = self.state(partition)
@@ -182,6 +189,7 @@ class Pipeline:
             model_id=self._identity.model_id,
             prompt_version=self._identity.prompt_version,
             created_ms=created_ms,
+            key_by=self._key_by,
         )
         self._sink.emit(verdict)
         self.verdicts += 1

@@ -83,6 +83,8 @@ class JudgeSettings(_Section):
     queue_max: int = Field(2_000, ge=1)  # windows waiting for the model before partitions pause
     queue_low: int = Field(500, ge=0)  # resume below this
     retries: int = Field(2, ge=0)
+    # How long a template the model could not judge stays `unknown` before it is asked again.
+    unknown_ttl_s: float = Field(300.0, ge=0)
     # Cap on template texts per window-mode prompt, so one huge window cannot blow the context.
     window_max_templates: int = Field(64, ge=1)
 

@@ -1,0 +1,136 @@
+"""Judging with a scripted classifier: a fake is fine here, the real model runs in tests/integration."""
+
+from __future__ import annotations
+
+import time
+
+from rationanomaly.model.classifier import Judgement
+from rationanomaly.stream.judging import JudgeWorker, WindowJudge, combine
+from rationanomaly.stream.metrics import DetectorMetrics
+from rationanomaly.stream.records import JudgeMode, OffsetRange, Window, WindowKind
+from rationanomaly.stream.settings import JudgeSettings
+
+
+class ScriptedClassifier:
+    """Answers by keyword in the prompt; records every prompt it was asked."""
+
+    model_id = "scripted"
+    prompt_version = "test"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def classify(self, conversations):
+        out = []
+        for conv in conversations:
+            text = conv[-1]["content"]
+            self.asked.append(text)
+            if "garbled" in text:
+                out.append(Judgement("unknown", None, "unparseable: no <answer>", 0.01, 3, "???"))
+            elif "failed" in text:
+                out.append(Judgement("abnormal", "The write failed, so data is at risk.", None, 0.02, 1, "raw"))
+            else:
+                out.append(Judgement("normal", "Routine progress message.", None, 0.01, 1, "raw"))
+        return out
+
+
+def window(key: str, templates: dict[str, str], sequence: tuple[str, ...] | None = None) -> Window:
+    return Window(
+        kind=WindowKind.SESSION,
+        key=key,
+        start_ms=0,
+        end_ms=10,
+        lines=len(sequence or templates),
+        sequence=sequence or tuple(templates),
+        templates=templates,
+        offsets=(OffsetRange(0, 0, 5),),
+        topic="logs",
+    )
+
+
+def test_combine_rule():
+    assert combine(["normal", "abnormal"]) == "abnormal"
+    assert combine(["unknown", "normal"]) == "unknown"
+    assert combine(["normal"]) == "normal"
+
+
+def test_template_mode_asks_each_template_once_and_caches():
+    classifier = ScriptedClassifier()
+    judge = WindowJudge(classifier, JudgeSettings(), DetectorMetrics())
+    first = judge.judge([window("a", {"t1": "block received", "t2": "write failed"}), window("b", {"t1": "block received"})])
+    second = judge.judge([window("c", {"t2": "write failed", "t1": "block received"})])
+    assert len(classifier.asked) == 2  # t1 and t2, once each, across three windows
+    assert [j.label for j in first] == ["abnormal", "normal"]
+    assert second[0].label == "abnormal"
+    assert "write failed" in second[0].rationale and "t2" in second[0].rationale
+    assert first[1].rationale is None  # normal windows carry no rationale
+    assert second[0].latency_ms == 0.0  # answered from the cache
+
+
+def test_unknown_answers_give_a_reason_and_are_asked_again_after_their_ttl():
+    classifier = ScriptedClassifier()
+    judge = WindowJudge(classifier, JudgeSettings(), DetectorMetrics())
+    (j,) = judge.judge([window("a", {"t9": "garbled thing"})])
+    assert j.label == "unknown" and "unparseable" in j.reason
+    judge.judge([window("b", {"t9": "garbled thing"})])
+    assert len(classifier.asked) == 1  # within the ttl: not asked again for every window
+
+    expiring = ScriptedClassifier()
+    judge = WindowJudge(expiring, JudgeSettings(unknown_ttl_s=0), DetectorMetrics())
+    judge.judge([window("a", {"t9": "garbled thing"})])
+    judge.judge([window("b", {"t9": "garbled thing"})])
+    assert len(expiring.asked) == 2
+
+
+def test_window_mode_sends_the_sequence_and_caps_it():
+    classifier = ScriptedClassifier()
+    judge = WindowJudge(classifier, JudgeSettings(mode=JudgeMode.WINDOW, window_max_templates=4), DetectorMetrics())
+    seq = ("t1",) * 3 + ("t2",) + ("t1",) * 6
+    (j,) = judge.judge([window("a", {"t1": "block received", "t2": "write failed"}, seq)])
+    prompt = classifier.asked[0]
+    # ten lines, cap four: the first two and the last two, collapsed into one run
+    assert "write failed" not in prompt
+    assert prompt.count("block received") == 1 and "(×4)" in prompt
+    assert j.label == "normal"
+    (short,) = judge.judge([window("b", {"t1": "block received", "t2": "write failed"}, ("t1", "t2", "t1"))])
+    assert short.label == "abnormal" and short.rationale
+
+
+def test_worker_batches_off_thread_and_drains():
+    classifier = ScriptedClassifier()
+    metrics = DetectorMetrics()
+    settings = JudgeSettings(max_batch=4, max_wait_ms=5)
+    worker = JudgeWorker(WindowJudge(classifier, settings, metrics), settings, metrics)
+    try:
+        for i in range(10):
+            worker.submit(window(f"w{i}", {f"t{i % 3}": "write failed" if i % 3 == 0 else "ok"}))
+        assert worker.wait_idle(10)
+        done = worker.take_done()
+        assert sorted(j.window.key for j in done) == sorted(f"w{i}" for i in range(10))
+        assert worker.depth == 0 and worker.take_done() == []
+    finally:
+        worker.close()
+
+
+def test_worker_turns_a_crashing_judge_into_unknown_verdicts():
+    class Exploding:
+        model_id = "x"
+        prompt_version = "x"
+
+        def classify(self, conversations):
+            raise RuntimeError("backend fell over")
+
+    metrics = DetectorMetrics()
+    settings = JudgeSettings(max_wait_ms=0)
+    worker = JudgeWorker(WindowJudge(Exploding(), settings, metrics), settings, metrics)
+    try:
+        worker.submit(window("a", {"t1": "x"}))
+        deadline = time.monotonic() + 5
+        done = []
+        while not done and time.monotonic() < deadline:
+            worker.wait_idle(1)
+            done = worker.take_done()
+        assert [j.label for j in done] == ["unknown"]
+        assert "backend fell over" in done[0].reason
+    finally:
+        worker.close()
