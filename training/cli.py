@@ -177,6 +177,7 @@ def eval_command(
     limit: int = typer.Option(None, help="First N items per file (sessions: a stratified sample)."),
     batch_size: int = typer.Option(8),
     max_new_tokens: int = typer.Option(96),
+    label: str = typer.Option("model", help="Name of the model under test in the report."),
 ) -> None:
     """Precision, recall, F1, confusion matrix, format-valid and consistency rates, latency."""
     from rationanomaly.training.evaluate import EvalRequest, SessionMode, run_evaluation, write_report
@@ -184,7 +185,7 @@ def eval_command(
     request = EvalRequest(
         data=tuple(data), model=model, baselines=_splits(baselines),
         session_mode=tuple(SessionMode(m) for m in _splits(session_mode)),
-        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, label=label,
     )
     result = run_evaluation(request, items_path=report.with_suffix(".items.jsonl"))
     written = write_report(result, report)
@@ -193,3 +194,21 @@ def eval_command(
 
 
 app.command("eval")(eval_command)
+
+
+@app.command("combine")
+def combine_command(
+    reports: list[Path] = typer.Argument(..., help="report.json files from runs on the same data."),
+    out: Path = typer.Option(..., help="Combined report.json (.md and .png beside it)."),
+) -> None:
+    """Merge evaluation reports (model, SFT, baselines) into one table and plot."""
+    import orjson
+
+    from rationanomaly.training.evaluate import combine_reports, write_report
+
+    combined = combine_reports([orjson.loads(p.read_bytes()) for p in reports])
+    typer.echo("\n".join(str(p) for p in write_report(combined, out)))
+
+
+if __name__ == "__main__":
+    app()

@@ -245,6 +245,7 @@ class EvalRequest:
     batch_size: int = 8
     max_new_tokens: int = 96
     seed: int = 0
+    label: str = "model"  # the name the model under test gets in the report's sections
 
 
 def make_classifier(model: str, batch_size: int, max_new_tokens: int):
@@ -324,8 +325,9 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
                     items = judge_examples(examples, classifier(system), request.batch_size)
                     level = "session (window)" if is_sessions else "template"
                 wall = time.perf_counter() - started
-                sections.append(_section(path, dataset, level, system, items, wall))
-                all_items += [{"file": path.name, "level": level, "system": system, **asdict(i)} for i in items]
+                name = request.label if system == "model" else system
+                sections.append(_section(path, dataset, level, name, items, wall))
+                all_items += [{"file": path.name, "level": level, "system": name, **asdict(i)} for i in items]
                 if system == "model":
                     pooled += items
             if "tfidf" in request.baselines:
@@ -354,6 +356,17 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
     for c in classifiers.values():
         c.backend.close()
     return report
+
+
+def combine_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs on the same data (e.g. the model, then a baseline run):
+    sections are concatenated; the headline figures stay those of the first report."""
+    if not reports:
+        raise ValueError("combine_reports needs at least one report")
+    combined = dict(reports[0])
+    combined["sections"] = [s for r in reports for s in r["sections"]]
+    combined["combined_from"] = [r.get("model") for r in reports]
+    return combined
 
 
 def _section(path: Path, dataset: str, level: str, system: str, items: Sequence[ItemResult], wall_s: float) -> dict[str, Any]:
