@@ -7,7 +7,7 @@
 #   make test        venv + model + broker, pytest, broker down again; exits with pytest's code
 #   make run         the demo: a sample log through the broker and the detector, verdicts printed
 #   make bench       the throughput benchmarks
-#   make clean       build leftovers (keeps .venv and the jar and model caches)
+#   make clean       build leftovers (keeps .venv, the broker, and the jar and model caches)
 #
 # Variables: PYTHON (for a new venv), VENV, KAFKA_PORT, PYTEST_ARGS.
 
@@ -75,7 +75,8 @@ run: venv model
 bench: venv model
 	$(call with-broker,$(PY) bench/stream_throughput.py && $(PY) bench/model_throughput.py)
 
+# Leaves the broker alone: its state is per port, machine-wide, and may serve another checkout
+# or a run in progress; `make kafka-down` stops it deliberately.
 clean:
-	@$(MAKE) --no-print-directory kafka-down
 	@rm -rf build dist .pytest_cache *.egg-info .whl
 	@find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
