@@ -22,7 +22,7 @@ from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import SourceRef
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
-from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, KafkaSink
+from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink
 
 log = structlog.get_logger(__name__)
 
@@ -179,6 +179,10 @@ class Detector:
                     log.warning("run_time_limit_reached", seconds=self._limits.max_seconds)
                     break
             self._commit(final=True)
+        except (KafkaException, DeliveryError) as exc:
+            # Nothing past the last commit is lost: a restart re-reads from there.
+            log.error("detector_failed", error=str(exc), committed=self._committed)
+            return 1
         finally:
             engine.close()
             consumer.close()
