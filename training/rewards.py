@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 from rationanomaly.model.parser import ParsedVerdict, VerdictParseError, parse_verdict
-from rationanomaly.training.lexicon import stance
+from rationanomaly.training.lexicon import has_fault_terms, stance
 
 RewardFn = Callable[..., list[float]]
 
@@ -277,13 +277,34 @@ def make_coherence_reward(cfg: RewardConfig, scorer: Callable[[str], float] | No
     return coherence_reward
 
 
-def make_consistency_reward(cfg: RewardConfig) -> RewardFn:
-    """The rationale's own conclusion must agree with its answer (undecided earns 0)."""
+_DENIAL = re.compile(r"\bno (?:fault|error|trouble|failure) (?:keywords?|words?|terms?|indicators?)\b", re.IGNORECASE)
 
-    def consistency_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+
+def denies_present_faults(rationale: str, source: str) -> bool:
+    """The rationale claims no fault words while the input has some.
+
+    >>> denies_present_faults("Routine, no fault keywords.", "fatal: usage: postqueue")
+    True
+    >>> denies_present_faults("Routine, no fault keywords.", "PCI: Using configuration type 1")
+    False
+    """
+    return bool(_DENIAL.search(rationale)) and has_fault_terms(source)
+
+
+def make_consistency_reward(cfg: RewardConfig) -> RewardFn:
+    """The rationale's own conclusion must agree with its answer (undecided earns 0), and it must
+    not deny trouble words the input contains."""
+
+    def consistency_reward(
+        completions: Sequence[Any], source: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[float]:
+        sources = list(source) if source is not None else [None] * len(completions)
         rewards = []
-        for completion in completions:
+        for completion, src in zip(completions, sources, strict=True):
             verdict = parse_completion(completion)
+            if verdict is not None and src is not None and denies_present_faults(verdict.rationale, src):
+                rewards.append(cfg.consistency_disagree)  # contradicts the input itself
+                continue
             argued = stance(verdict.rationale) if verdict is not None else None
             if verdict is None or argued is None:
                 rewards.append(0.0)

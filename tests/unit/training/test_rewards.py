@@ -137,3 +137,10 @@ def test_rewards_take_trl_style_kwargs() -> None:
 
 def test_rouge_l() -> None:
     assert rouge_l_f("a b c d", "a c d") == pytest.approx(2 * (3 / 4) * 1 / (3 / 4 + 1))
+
+
+def test_consistency_penalises_denying_fault_words_in_the_input() -> None:
+    completion = "<think>Key: 'fatal'. Routine, no fault keywords. Conclusion: normal, routine operation.</think> <answer>normal</answer>"
+    reward = make_consistency_reward(CFG)
+    assert reward([completion], source=["fatal: usage: postqueue"]) == [CFG.consistency_disagree]
+    assert reward([completion], source=["PCI: Using configuration type 1"]) == [CFG.consistency_agree]
