@@ -56,6 +56,7 @@ class Detector:
         self._at_eof: set[int] = set()
         self._committed: dict[int, int] = {}
         self._paused = False
+        self._closed = False
         self._transactional = settings.output.exactly_once
         # monotonic times of the first record and of the end of input, for throughput figures
         self.first_record_s: float | None = None
@@ -64,9 +65,10 @@ class Detector:
     def stop(self, *_: object) -> None:
         self._stop.set()
 
-    def serve_metrics(self, port: int) -> None:
-        self.metrics.serve(port)
-        log.info("metrics_serving", port=port)
+    def serve_metrics(self, port: int, addr: str = "0.0.0.0") -> int:
+        bound = self.metrics.serve(port, addr)
+        log.info("metrics_serving", port=bound)
+        return bound
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -117,7 +119,8 @@ class Detector:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
-            self._commit(final=False)
+            if not self._closed:  # on close the final commit has already been made
+                self._commit(final=False)
         except (KafkaException, RuntimeError):
             log.exception("commit_on_revoke_failed")
         for tp in partitions:
@@ -160,7 +163,7 @@ class Detector:
                     )
                 if pipeline.lines != lines_before:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
-                pipeline.advance(now)
+                pipeline.advance(now, idle=not self._paused)
                 if self._eof_reached():
                     pipeline.finish()
                     engine.worker.wait_idle()
@@ -184,6 +187,7 @@ class Detector:
             log.error("detector_failed", error=str(exc), committed=self._committed)
             return 1
         finally:
+            self._closed = True
             engine.close()
             consumer.close()
         return 0
@@ -199,6 +203,7 @@ class Detector:
             self._consumer.pause(assignment)
             self._paused = True
             self._engine.metrics.paused.set(1)
+            self._engine.metrics.pauses.inc()
             log.info("partitions_paused", queue_depth=depth)
         elif self._paused and depth <= j.queue_low:
             self._consumer.resume(assignment)

@@ -18,7 +18,9 @@ from rationanomaly.stream.settings import load_settings
 
 def _create_topics(bootstrap: str, *names: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, num_partitions=1, replication_factor=1) for n in names])
+    # The sample's events are from 2008 and verdicts carry event time: keep them past retention.
+    topics = [NewTopic(n, num_partitions=1, replication_factor=1, config={"retention.ms": "-1"}) for n in names]
+    futures = admin.create_topics(topics)
     for future in futures.values():
         future.result(30)
 

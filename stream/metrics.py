@@ -27,6 +27,9 @@ class DetectorMetrics:
             "rationanomaly_consumer_lag", "High watermark minus position", ["partition"], registry=r
         )
         self.paused = Gauge("rationanomaly_paused", "1 while partitions are paused for backpressure", registry=r)
+        self.pauses = Counter("rationanomaly_backpressure_pauses", "Times the partitions were paused", registry=r)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Starts the /metrics endpoint on a daemon thread; returns the bound port (0 picks one)."""
+        server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return server.server_port

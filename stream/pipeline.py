@@ -157,12 +157,19 @@ class Pipeline:
             self._worker.submit(window)
 
     # -- time and end of input -------------------------------------------------------------
-    def advance(self, now_s: float) -> None:
-        """Close windows the watermark has passed, and those of partitions idle too long."""
+    def advance(self, now_s: float, idle: bool = True) -> None:
+        """Close windows the watermark has passed, and (if `idle`) those of partitions idle too long.
+
+        The caller passes `idle=False` while it holds input back itself (paused partitions):
+        a partition we stopped reading is not idle, and closing its windows early would split them.
+        """
         idle_s = self._settings.input.idle_timeout_s
         for partition, state in self._states.items():
             closed = state.windower.advance(state.watermark_ms)
-            if state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s:
+            if not idle:
+                if state.last_activity_s is not None:
+                    state.last_activity_s = now_s
+            elif state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s:
                 closed += state.windower.flush()
                 state.last_activity_s = None
             if closed:

@@ -82,7 +82,8 @@ class JudgeSettings(_Section):
     max_wait_ms: int = Field(200, ge=0)
     queue_max: int = Field(2_000, ge=1)  # windows waiting for the model before partitions pause
     queue_low: int = Field(500, ge=0)  # resume below this
-    retries: int = Field(2, ge=0)
+    # Retries of a failed or unparseable answer (greedy decoding repeats itself, so few).
+    retries: int = Field(1, ge=0)
     # How long a template the model could not judge stays `unknown` before it is asked again.
     unknown_ttl_s: float = Field(300.0, ge=0)
     # Cap on template texts per window-mode prompt, so one huge window cannot blow the context.

@@ -19,9 +19,16 @@ from rationanomaly.model.backends import Backend, Generation
 BLOCK_ID = re.compile(rb"blk_-?\d+")
 
 
+# Verdicts are stamped with their window's event time, and these logs are from 2008: with the
+# broker's default time-based retention, such records are deleted minutes after they land.
+HISTORY_CONFIG = {"retention.ms": "-1"}
+
+
 def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1, config=HISTORY_CONFIG) for n in names]
+    )
     for future in futures.values():
         future.result(30)
 
