@@ -235,6 +235,8 @@ class Detector:
         for tp in offsets:
             self._committed[tp.partition] = tp.offset
         if offsets:
+            self._engine.save_cache()
+        if offsets:
             log.debug("offsets_committed", offsets={tp.partition: tp.offset for tp in offsets})
 
     def _report_lag(self) -> None:

@@ -7,10 +7,14 @@ changes gets a new id and is judged again. Window mode shows the model the windo
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
 
 import structlog
 
@@ -83,6 +87,31 @@ class TemplateCache:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def save(self, path: Path, model_id: str, prompt_version: str) -> None:
+        """Answers survive restarts: a restarted detector does not ask the model again."""
+        entries = {tid: [j.label, j.rationale] for tid, j in self._by_id.items()}
+        payload = {"version": 1, "model_id": model_id, "prompt_version": prompt_version, "templates": entries}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(payload))
+        os.replace(tmp, path)
+
+    def load(self, path: Path, model_id: str, prompt_version: str) -> int:
+        """Loads answers given by the same model and prompt; returns how many (0 if none apply)."""
+        if not path.exists():
+            return 0
+        try:
+            payload = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError:
+            log.warning("template_cache_unreadable", path=str(path))
+            return 0
+        if payload.get("version") != 1 or (payload.get("model_id"), payload.get("prompt_version")) != (model_id, prompt_version):
+            return 0  # another model or prompt: its answers say nothing about this one's
+        for tid, (label, rationale) in payload["templates"].items():
+            if label in ("normal", "abnormal"):
+                self._by_id[tid] = Judgement(label, rationale, None, 0.0, 0, None)
+        return len(self._by_id)
+
 
 class WindowJudge:
     """Synchronous judging of a batch of windows; the worker below runs it on a thread."""
@@ -92,6 +121,19 @@ class WindowJudge:
         self._settings = settings
         self._metrics = metrics
         self.cache = TemplateCache(settings.unknown_ttl_s)
+
+    def judge_cached(self, window: Window) -> JudgedWindow | None:
+        """The verdict from the template cache alone, or None if a template still needs the model.
+
+        This is the hot path once the cache is warm: no queue, no thread hand-off, no batch wait.
+        """
+        if self._settings.mode is not JudgeMode.TEMPLATE:
+            return None
+        get = self.cache.get
+        for tid in window.templates:
+            if get(tid) is None:
+                return None
+        return self._from_templates(window, {})
 
     def judge(self, windows: list[Window]) -> list[JudgedWindow]:
         if self._settings.mode is JudgeMode.TEMPLATE:
@@ -193,6 +235,11 @@ class JudgeWorker:
             return len(self._pending) + self._in_progress
 
     def submit(self, window: Window) -> None:
+        cached = self._judge.judge_cached(window)
+        if cached is not None:
+            with self._cond:
+                self._done.append(cached)
+            return
         with self._cond:
             self._pending.append(window)
             self._metrics.queue_depth.set(len(self._pending) + self._in_progress)

@@ -86,6 +86,8 @@ class JudgeSettings(_Section):
     retries: int = Field(1, ge=0)
     # How long a template the model could not judge stays `unknown` before it is asked again.
     unknown_ttl_s: float = Field(300.0, ge=0)
+    # Where template-mode answers persist between runs (per model and prompt version); None: memory only.
+    cache_file: Path | None = None
     # Cap on template texts per window-mode prompt, so one huge window cannot blow the context.
     window_max_templates: int = Field(64, ge=1)
 

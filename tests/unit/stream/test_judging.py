@@ -134,3 +134,21 @@ def test_worker_turns_a_crashing_judge_into_unknown_verdicts():
         assert "backend fell over" in done[0].reason
     finally:
         worker.close()
+
+
+def test_cache_persists_for_the_same_model_and_prompt_only(tmp_path):
+    classifier = ScriptedClassifier()
+    judge = WindowJudge(classifier, JudgeSettings(), DetectorMetrics())
+    judge.judge([window("a", {"t1": "block received", "t2": "write failed", "t9": "garbled"})])
+    path = tmp_path / "cache" / "templates.json"
+    judge.cache.save(path, "model-a", "p1")
+
+    again = WindowJudge(ScriptedClassifier(), JudgeSettings(), DetectorMetrics())
+    assert again.cache.load(path, "model-a", "p1") == 2  # the unknown answer is not kept
+    hit = again.judge_cached(window("b", {"t2": "write failed"}))
+    assert hit is not None and hit.label == "abnormal" and "failed" in hit.rationale
+    assert again.judge_cached(window("c", {"t9": "garbled"})) is None
+
+    other = WindowJudge(ScriptedClassifier(), JudgeSettings(), DetectorMetrics())
+    assert other.cache.load(path, "model-b", "p1") == 0
+    assert other.cache.load(path, "model-a", "p2") == 0
