@@ -146,21 +146,23 @@ class Detector:
                 if messages and self.first_record_s is None:
                     self.first_record_s = time.monotonic()
                 lines_before = pipeline.lines
+                # the hot loop: locals, and no per-message work that a batch can do once
+                feed, at_eof, topic = pipeline.feed, self._at_eof, s.input.topic
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            self._at_eof.add(msg.partition())
+                            at_eof.add(msg.partition())
                         elif err.fatal():
                             raise KafkaException(err)
                         else:
                             log.warning("consumer_error", error=str(err))
                         continue
-                    self._at_eof.discard(msg.partition())
-                    _, ts = msg.timestamp()
-                    pipeline.feed(
-                        msg.value(), msg.key(), SourceRef(msg.topic(), msg.partition(), msg.offset()), ts if ts > 0 else None, now
-                    )
+                    partition = msg.partition()
+                    if at_eof:
+                        at_eof.discard(partition)
+                    ts = msg.timestamp()[1]
+                    feed(msg.value(), msg.key(), SourceRef(topic, partition, msg.offset()), ts if ts > 0 else None, now)
                 if pipeline.lines != lines_before:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
                 pipeline.advance(now, idle=not self._paused)
@@ -198,15 +200,14 @@ class Detector:
     def _backpressure(self) -> None:
         depth = self._engine.worker.depth
         j = self._settings.judging
-        assignment = self._consumer.assignment()
-        if not self._paused and depth >= j.queue_max and assignment:
+        if not self._paused and depth >= j.queue_max and (assignment := self._consumer.assignment()):
             self._consumer.pause(assignment)
             self._paused = True
             self._engine.metrics.paused.set(1)
             self._engine.metrics.pauses.inc()
             log.info("partitions_paused", queue_depth=depth)
         elif self._paused and depth <= j.queue_low:
-            self._consumer.resume(assignment)
+            self._consumer.resume(self._consumer.assignment())
             self._paused = False
             self._engine.metrics.paused.set(0)
             log.info("partitions_resumed", queue_depth=depth)
