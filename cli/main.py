@@ -14,7 +14,12 @@ import typer
 
 from rationanomaly.cli.logs import configure_logging
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Streaming log anomaly detection with rationales.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Streaming log anomaly detection with rationales.",
+    epilog="Training and evaluation (the 'train' extra): rationanomaly train --help, rationanomaly eval --help.",
+)
 model_app = typer.Typer(no_args_is_help=True, help="The model: prepare the default, probe a server.")
 app.add_typer(model_app, name="model")
 
