@@ -42,8 +42,10 @@ class RewardConfig:
     brevity_tolerance: float = 0.5  # relative length gap at which brevity reaches 0
     use_coherence: bool = True
     coherence_model: str | None = None  # None → the base model; perplexity under it
-    coherence_ppl_floor: float = 5.0  # perplexity mapped to 1.0
-    coherence_ppl_ceiling: float = 200.0  # perplexity mapped to 0.0
+    # SmolLM2-135M scores short draft-style rationales at perplexity ~100–1000; the shipped run
+    # used 5–200 and the reward sat at ~0 throughout, so the range now spans what it measures.
+    coherence_ppl_floor: float = 20.0  # perplexity mapped to 1.0
+    coherence_ppl_ceiling: float = 2000.0  # perplexity mapped to 0.0
     weight_format: float = 1.0
     weight_answer: float = 1.0
     weight_think: float = 0.5  # split equally between the think rewards in use

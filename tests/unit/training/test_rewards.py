@@ -86,7 +86,7 @@ def test_grounding_prefers_rationale_tied_to_input() -> None:
 
 
 def test_coherence_maps_perplexity_to_unit_interval() -> None:
-    ppl = {"fluent": 5.0, "junk": 1000.0}
+    ppl = {"fluent": 5.0, "junk": 10000.0}
     reward = make_coherence_reward(CFG, scorer=lambda text: ppl["fluent" if "fluent" in text else "junk"])
     fluent = "<think>fluent text. Conclusion: normal.</think> <answer>normal</answer>"
     junk = "<think>zz qq. Conclusion: normal.</think> <answer>normal</answer>"
