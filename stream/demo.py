@@ -46,7 +46,7 @@ def run_demo(bootstrap: str, blocks: int) -> int:
     run_id = uuid.uuid4().hex[:8]
     logs, verdicts, dlq = f"demo-logs-{run_id}", f"demo-verdicts-{run_id}", f"demo-dlq-{run_id}"
     _create_topics(bootstrap, logs, verdicts, dlq)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     lines = sample_lines(blocks)
     for line in lines:
         producer.produce(logs, value=line.encode())

@@ -38,7 +38,10 @@ def unique(prefix: str) -> str:
 
 
 def produce_lines(bootstrap: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "message.max.bytes": 4 * 1024 * 1024})
+    # Idempotence keeps the order on a retry (a topic just created may refuse the first batch).
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "message.max.bytes": 4 * 1024 * 1024, "enable.idempotence": True}
+    )
     for i, value in enumerate(values):
         while True:
             try:

@@ -152,3 +152,25 @@ def test_cache_persists_for_the_same_model_and_prompt_only(tmp_path):
     other = WindowJudge(ScriptedClassifier(), JudgeSettings(), DetectorMetrics())
     assert other.cache.load(path, "model-b", "p1") == 0
     assert other.cache.load(path, "model-a", "p2") == 0
+
+
+def test_verdicts_leave_in_the_order_their_windows_closed():
+    class SlowFirst(ScriptedClassifier):
+        def classify(self, conversations):
+            time.sleep(0.05)
+            return super().classify(conversations)
+
+    metrics = DetectorMetrics()
+    settings = JudgeSettings(max_batch=2, max_wait_ms=0)
+    judge = WindowJudge(SlowFirst(), settings, metrics)
+    worker = JudgeWorker(judge, settings, metrics)
+    try:
+        worker.submit(window("w0", {"t1": "write failed"}))  # needs the model
+        for i in range(1, 6):  # cached once w0 is judged, but must wait their turn
+            worker.submit(window(f"w{i}", {"t1": "write failed"}))
+        assert worker.wait_idle(10)
+        assert [j.window.key for j in worker.take_done()] == [f"w{i}" for i in range(6)]
+        worker.submit(window("w6", {"t1": "write failed"}))  # queue empty: answered at once
+        assert [j.window.key for j in worker.take_done()] == ["w6"]
+    finally:
+        worker.close()
