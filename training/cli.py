@@ -151,16 +151,19 @@ def grpo_command(
     prompts_per_step: int = typer.Option(2),
     max_completion_length: int = typer.Option(96),
     coherence: bool = typer.Option(True, help="Include the perplexity (coherence) reward."),
+    abnormal_share: float = typer.Option(0.35, help="Share of abnormal prompts after oversampling."),
+    false_positive: float = typer.Option(-0.5, help="Answer reward for a false alarm."),
+    false_negative: float = typer.Option(-1.5, help="Answer reward for a missed anomaly."),
     time_budget_min: float = typer.Option(None),
 ) -> None:
     """GRPO from the SFT adapter with format + answer + think + consistency rewards."""
     from rationanomaly.training.grpo import GRPORun, default_grpo_config, train_grpo
     from rationanomaly.training.rewards import RewardConfig, build_rewards
 
-    rewards = RewardConfig(use_coherence=coherence)
+    rewards = RewardConfig(use_coherence=coherence, false_positive=false_positive, false_negative=false_negative)
     _, weights = build_rewards(rewards, scorer=lambda text: 1.0)  # weights only; no model loaded
     run = GRPORun(adapter=str(adapter), model=model, splits=_splits(splits), rationales=rationales,
-                  rewards=rewards, time_budget_min=time_budget_min)
+                  rewards=rewards, abnormal_share=abnormal_share, time_budget_min=time_budget_min)
     config = default_grpo_config(output_dir, weights=weights, max_steps=max_steps, learning_rate=learning_rate,
                                  num_generations=num_generations,
                                  per_device_train_batch_size=num_generations * prompts_per_step,
