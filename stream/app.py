@@ -26,6 +26,13 @@ from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSi
 
 log = structlog.get_logger(__name__)
 
+_REBALANCING = {
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError._ASSIGNMENT_LOST,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RunLimits:
@@ -167,8 +174,9 @@ class Detector:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
                 pipeline.advance(now, idle=not self._paused)
                 if self._eof_reached():
+                    # Close what is open, then keep polling while the model finishes: blocking
+                    # here would outlast max.poll.interval.ms and cost the group membership.
                     pipeline.finish()
-                    engine.worker.wait_idle()
                 pipeline.publish(int(now * 1000))
                 self._backpressure()
                 mono = time.monotonic()
@@ -232,7 +240,15 @@ class Detector:
             if not final:
                 self._producer.begin_transaction()
         elif offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _REBALANCING:
+                    raise
+                # The group moved on (a rebalance, or this member timed out): nothing is lost,
+                # the partition's next owner re-reads from the last commit that did succeed.
+                log.warning("commit_skipped", error=str(exc.args[0]))
+                return
         for tp in offsets:
             self._committed[tp.partition] = tp.offset
         if offsets:
