@@ -4,7 +4,8 @@ A checkpoint is plain data (orjson; the Drain3 state as its own serialized clust
 pickle), written atomically next to the committed offset it belongs to:
 
 - `offset`: the committed offset (the oldest line still in an open or in-flight window);
-- `watermark_ms`: the partition's event-time watermark, so windows close as they did;
+- `watermark_ms`: the partition's event-time watermark when the checkpoint was taken (for
+  operators; a restart rebuilds the watermark from the lines it re-reads);
 - `parser`: the template miner's snapshot, so templates keep their ids after a restart;
 - `produced`: for windows already published whose lines lie at or after `offset`, the key and
   the last offset they covered. Re-read lines are not added to those keys again, so a restart

@@ -82,8 +82,10 @@ class Pipeline:
     def restore(self, partition: int, checkpoint: Checkpoint) -> None:
         state = PartitionState(
             TemplateParser.restore(checkpoint.parser, self._settings.parsing),
+            # The watermark is not restored: the checkpoint's is the one at the crash, past the
+            # lines about to be re-read, and it would close their windows before they fill.
+            # Re-reading rebuilds it from the same lines in the same order.
             Windower(self._settings.windows),
-            watermark_ms=checkpoint.watermark_ms,
             produced=dict(checkpoint.produced),
             replay_until=max(checkpoint.produced.values(), default=-1),
         )
