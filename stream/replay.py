@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 import structlog
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from rationanomaly.model.backends import Backend
 from rationanomaly.stream.engine import Engine, build_engine
@@ -145,7 +145,8 @@ def parse_position(text: str) -> tuple[str, int]:
     return "timestamp", int(moment.timestamp() * 1000)
 
 
-def _resolve(consumer: Consumer, topic: str, partitions: list[int], position: str | None, default: int, end: bool) -> dict[int, int]:
+def _resolve(consumer: Consumer, topic: str, partitions: list[int], position: str | None, end: bool) -> dict[int, int]:
+    """Offsets per partition for a position; no position: the log's start, or its end if `end`."""
     out: dict[int, int] = {}
     for p in partitions:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
@@ -184,8 +185,8 @@ def replay_topic(
         if metadata.error is not None:
             raise RuntimeError(f"topic {source_topic}: {metadata.error}")
         partitions = sorted(metadata.partitions)
-        begin = _resolve(consumer, source_topic, partitions, start, 0, end=False)
-        until = _resolve(consumer, source_topic, partitions, stop, OFFSET_END, end=True)
+        begin = _resolve(consumer, source_topic, partitions, start, end=False)
+        until = _resolve(consumer, source_topic, partitions, stop, end=True)
         live = {p for p in partitions if begin[p] < until[p]}
         consumer.assign([TopicPartition(source_topic, p, begin[p]) for p in live])
 
