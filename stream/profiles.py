@@ -332,7 +332,8 @@ class HeaderParser:
         return Header(
             event_time_ms=event_ms,
             content=group(self._content),
-            host=(group(self._host) if self._host else None) or record.host,
+            # the line's own host, else the envelope's, else the record key (which may name the source)
+            host=(group(self._host) if self._host else None) or record.host or record.key,
             level=group(self._level) if self._level else None,
             component=group(self._component) if self._component else None,
             ground_truth=label,

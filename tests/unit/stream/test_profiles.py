@@ -197,3 +197,15 @@ def test_settings_validation() -> None:
         ProfileSettings(name="hdfs", custom=custom)
     with pytest.raises(ValueError):
         ProfileSettings(name="hdfs", colour="red")
+
+
+def test_host_falls_back_to_the_envelope_then_the_record_key() -> None:
+    parser = HeaderParser(resolve_profile(ProfileSettings(name="hdfs")))  # HDFS lines name no host
+    line = "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_1"
+    src = SourceRef("logs", 0, 0)
+    keyed = parser.split(LogRecord(source=src, line=line, key="datanode-7"))
+    enveloped = parser.split(LogRecord(source=src, line=line, key="datanode-7", host="dn7.example"))
+    bare = parser.split(LogRecord(source=src, line=line))
+    assert isinstance(keyed, Header) and keyed.host == "datanode-7"
+    assert isinstance(enveloped, Header) and enveloped.host == "dn7.example"
+    assert isinstance(bare, Header) and bare.host is None
