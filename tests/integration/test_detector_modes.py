@@ -6,6 +6,7 @@ import io
 import time
 import urllib.request
 
+import orjson
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -56,11 +57,7 @@ def _replayed(path, backend, backend_settings, limit: int | None = None, tmp_pat
         cut.write_bytes(b"\n".join(file_values(path)[:limit]) + b"\n")
         path = cut
     settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, backend=backend_settings.model_dump())
-    out = io.BytesIO()
-    summary = replay_files([path], settings, out, backend=backend, progress=False)
-    import orjson
-
-    return summary, [orjson.loads(line) for line in out.getvalue().splitlines()]
+    return _replayed_with(settings, path, backend)
 
 
 def test_topic_replay_between_offsets_matches_file_replay(kafka_bootstrap, hdfs_2k, real_backend, backend_settings, tmp_path):
@@ -126,8 +123,6 @@ def test_backpressure_pauses_and_resumes_without_loss_and_serves_metrics(
 
 
 def _replayed_with(settings, path, backend):
-    import orjson
-
     out = io.BytesIO()
     summary = replay_files([path], settings, out, backend=backend, progress=False)
     return summary, [orjson.loads(line) for line in out.getvalue().splitlines()]

@@ -3,22 +3,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
-from rationanomaly.stream.records import OffsetRange, VerdictLabel, Window, WindowKind
+from rationanomaly.stream.records import OffsetRange, Window, WindowKind
 from rationanomaly.stream.siem import OutputFormat, render, to_ecs, to_ocsf
 from rationanomaly.stream.verdicts import Verdict, build_verdict, from_json
+from tests.unit.stream.judged import Judged
 
 
-@dataclass(frozen=True)
-class Judged:  # the shape of stream.judging.JudgedWindow
-    window: Window
-    label: VerdictLabel
-    reason: str | None = None
-    rationale: str | None = None
-    template_labels: Mapping[str, VerdictLabel] = field(default_factory=dict)
-    latency_ms: float = 12.5
 
 
 def abnormal() -> Verdict:

@@ -1,26 +1,17 @@
 from __future__ import annotations
 
 import doctest
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
 from rationanomaly.stream import verdicts
-from rationanomaly.stream.records import OffsetRange, VerdictLabel, Window, WindowKind
+from rationanomaly.stream.records import OffsetRange, Window, WindowKind
 from rationanomaly.stream.verdicts import Verdict, build_verdict, from_json, iso_utc, to_json, verdict_id
+from tests.unit.stream.judged import Judged
 
 
-@dataclass(frozen=True)
-class Judged:  # the shape of stream.judging.JudgedWindow
-    window: Window
-    label: VerdictLabel
-    reason: str | None = None
-    rationale: str | None = None
-    template_labels: Mapping[str, VerdictLabel] = field(default_factory=dict)
-    latency_ms: float = 12.5
 
 
 def window(kind: WindowKind = WindowKind.SESSION, key: str = "blk_-42") -> Window:
