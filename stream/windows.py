@@ -22,7 +22,8 @@ older than `watermark - grace_ms`: for a session, `watermark >= end + gap + grac
 - Lines with no session key join no window and are counted in `stats.unkeyed` (`add` returns no
   window for them); their offsets are held by nothing, so the ledger may commit past them.
 
-Every window is returned exactly once, by `add`, `advance`, `expire_idle` or `flush`. A window
+Every window is returned exactly once, by `add`, `advance` or `flush` (the pipeline calls `flush`
+for a partition idle longer than `input.idle_timeout_s`, wall time). A window
 keeps only its template-id sequence, the id -> text map and per-partition offset bounds.
 """
 
@@ -59,7 +60,6 @@ class WindowSettings(BaseModel):
     count: int = Field(100, ge=1)
     size_ms: int = Field(60_000, gt=0)  # time windows
     grace_ms: int = Field(5_000, ge=0)  # allowed lateness beyond the watermark
-    idle_timeout_ms: int | None = Field(None, gt=0)  # wall time; None: expire_idle never closes
 
     @model_validator(mode="after")
     def _consistent(self) -> WindowSettings:
@@ -291,14 +291,6 @@ class Windower:
             else:
                 closed.append(self._close(win))
         return closed
-
-    def expire_idle(self, now_ms: int, last_activity_ms: int) -> list[Window]:
-        """Closes every open window if the partition has been idle `idle_timeout_ms` (wall time,
-        both passed in by the caller); returns nothing otherwise or when no timeout is set."""
-        timeout = self._s.idle_timeout_ms
-        if timeout is None or now_ms - last_activity_ms < timeout:
-            return []
-        return self.flush()
 
     def flush(self) -> list[Window]:
         """End of input: closes every open window, in the order they opened."""

@@ -170,16 +170,6 @@ def test_offsets_per_partition() -> None:
     assert x.offsets == (OffsetRange(0, 50, 50), OffsetRange(1, 3, 7))
 
 
-def test_expire_idle_uses_the_callers_wall_time() -> None:
-    w = Windower(WindowSettings(idle_timeout_ms=60 * S))
-    w.add(log(0, "blk_1", 0))
-    assert w.expire_idle(now_ms=1_000_059_999, last_activity_ms=1_000_000_000) == []
-    assert len(w.expire_idle(now_ms=1_000_060_000, last_activity_ms=1_000_000_000)) == 1
-    never = Windower(WindowSettings())
-    never.add(log(0, "blk_1", 0))
-    assert never.expire_idle(now_ms=10**12, last_activity_ms=0) == []
-
-
 # -- count windows ---------------------------------------------------------------------------
 def test_count_windows_of_n_per_host() -> None:
     w = Windower(WindowSettings(kind=WindowKind.COUNT, key_by="host", count=3, max_duration_ms=None))
