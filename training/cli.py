@@ -127,15 +127,47 @@ def sft_command(
     batch_size: int = typer.Option(4),
     time_budget_min: float = typer.Option(None, help="Stop and save after this many minutes."),
     resume: bool = typer.Option(False, help="Resume from the last checkpoint in output_dir."),
+    init_adapter: Path = typer.Option(None, help="Continue training this saved LoRA adapter (a new schedule)."),
+    warmup_steps: int = typer.Option(20),
+    save_steps: int = typer.Option(120),
 ) -> None:
     """LoRA (or full) CoT-SFT with TRL's SFTTrainer."""
     from rationanomaly.training.sft import SFTRun, default_sft_config, train_sft
 
     run = SFTRun(model=model, splits=_splits(splits), rationales=rationales, hdfs_windows=hdfs_windows,
-                 abnormal_share=abnormal_share, lora=not full, time_budget_min=time_budget_min)
+                 abnormal_share=abnormal_share, lora=not full, time_budget_min=time_budget_min,
+                 init_adapter=str(init_adapter) if init_adapter else None)
     config = default_sft_config(output_dir, max_steps=max_steps, learning_rate=learning_rate,
-                                per_device_train_batch_size=batch_size, max_length=640, save_steps=120, logging_steps=10)
+                                per_device_train_batch_size=batch_size, max_length=640, save_steps=save_steps,
+                                warmup_steps=warmup_steps, logging_steps=10)
     typer.echo(str(train_sft(run, config, resume=resume)))
+
+
+@app.command("hard-prompts")
+def hard_prompts_command(
+    adapter: Path = typer.Option(..., help="The SFT adapter whose doubts pick the prompts."),
+    out: Path = typer.Option(..., help="Output jsonl (rationales format; give it to `grpo --rationales`)."),
+    splits: str = typer.Option(_SPLITS),
+    keep: int = typer.Option(256, help="At most this many prompts, half from each label."),
+    max_margin: float = typer.Option(4.0, help="Keep prompts whose |gold-draft margin| (nats) is below this."),
+    limit: int = typer.Option(600, help="Score at most this many: all abnormal, then normal with trouble words, then a sample."),
+    batch_size: int = typer.Option(16),
+) -> None:
+    """GRPO prompts the SFT policy is torn on (log-likelihood margin of the gold vs the flipped draft)."""
+    from rationanomaly.model.loading import load_causal_lm
+    from rationanomaly.training.data import load_split, write_jsonl
+    from rationanomaly.training.drafts import draft_all
+    from rationanomaly.training.hardness import candidates, hardest, preference_margins
+
+    examples = candidates([e for s in _splits(splits) for e in load_split(s)], limit)
+    model, tokenizer = load_causal_lm("default", str(adapter))
+    scored = preference_margins(model, tokenizer, examples, batch_size)
+    chosen = hardest(scored, keep, max_margin)
+    write_jsonl(draft_all([s.example for s in chosen]), out)
+    wrong = sum(s.margin < 0 for s in scored)
+    abnormal = sum(s.example.label == "abnormal" for s in chosen)
+    typer.echo(f"{len(scored)} scored, {wrong} prefer the wrong label; kept {len(chosen)} "
+               f"({abnormal} abnormal) with |margin| < {max_margin} → {out}")
 
 
 @app.command("grpo")

@@ -39,6 +39,7 @@ class SFTRun:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = LORA_TARGETS
     time_budget_min: float | None = None  # stop (and save) after this many minutes
+    init_adapter: str | None = None  # continue a saved LoRA adapter instead of starting a fresh one
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +71,9 @@ def default_sft_config(output_dir: str | Path, **overrides: Any):
         "seed": 0,
         "dataloader_num_workers": 0,
         "gradient_checkpointing": False,
+        # A window-mode example is ~5x a template's length; mixed into a batch of templates it
+        # pads all of them to its length. Grouping by length keeps long ones in their own batches.
+        "train_sampling_strategy": "group_by_length",
     }
     settings.update(overrides)
     return SFTConfig(**settings)
@@ -155,13 +159,18 @@ def train_sft(run: SFTRun, config=None, resume: bool | str = False) -> Path:
     share = sum(e.label == "abnormal" for e in examples) / max(len(examples), 1)
     log.info("sft.data", examples=len(examples), abnormal_share=round(share, 3), lora=run.lora)
     model, tokenizer = load_base(run.model)
+    if run.init_adapter:
+        from peft import PeftModel
+
+        # Continuing keeps the adapter's own LoRA shape; lora_r/targets of the run do not apply.
+        model = PeftModel.from_pretrained(model, run.init_adapter, is_trainable=True)
     callbacks = [time_budget_callback(run.time_budget_min)] if run.time_budget_min else []
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(run) if run.lora else None,
+        peft_config=lora_config(run) if run.lora and not run.init_adapter else None,
         callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resume if resume else None)

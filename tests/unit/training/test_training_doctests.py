@@ -12,6 +12,7 @@ MODULES = [
     "rationanomaly.training.drafts",
     "rationanomaly.training.rewards",
     "rationanomaly.training.evaluate",
+    "rationanomaly.training.hardness",
 ]
 
 

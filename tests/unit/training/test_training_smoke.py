@@ -62,3 +62,19 @@ def test_grpo_smoke_from_sft_adapter(sft_adapter, tmp_path) -> None:
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     base, _ = load_base(None)
     PeftModel.from_pretrained(base, str(final))
+
+
+def test_sft_continues_a_saved_adapter(sft_adapter, tmp_path) -> None:
+    """`init_adapter` trains the saved LoRA further: same shape, new values, base untouched."""
+    from safetensors.torch import load_file
+
+    _, adapter = sft_adapter
+    config = default_sft_config(tmp_path, max_steps=1, logging_steps=1, save_steps=1, per_device_train_batch_size=2,
+                                warmup_steps=0)  # warm-up would make the one step a zero-rate step
+    final = train_sft(SFTRun(limit=4, init_adapter=str(adapter)), config)
+    before = load_file(str(adapter / "adapter_model.safetensors"))
+    after = load_file(str(final / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(before[k].shape == after[k].shape for k in before)
+    assert any(not before[k].equal(after[k]) for k in before), "one step moved the adapter"
+    assert math.isfinite(_losses(tmp_path)[0])

@@ -1,0 +1,141 @@
+"""Which prompts GRPO should practise on: the ones the SFT policy is unsure of or gets wrong.
+
+GRPO learns only from groups whose rollouts disagree; a prompt the policy answers the same way
+every time earns equal rewards, zero advantage and a wasted step. After SFT most train prompts
+are like that, so sampling them uniformly (as a small CPU run must, a few prompts per step)
+spends most steps on nothing and lets the prompt mix, not the mistakes, steer the update.
+
+The measure is the policy's own preference between two rationales for the same input: the
+draft that argues for the gold label and the draft that argues for the other one, each scored
+by its teacher-forced log-likelihood after the prompt. margin = log p(gold) − log p(flipped):
+negative means the policy would rather argue the wrong way, near zero means it is torn. One
+forward pass per draft, no sampling, so it costs a fraction of one GRPO step per prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rationanomaly.model.prompt import completion_text, template_messages, window_messages
+from rationanomaly.training.data import ExampleKind, LogExample
+from rationanomaly.training.drafts import draft_template, draft_window
+from rationanomaly.training.lexicon import has_fault_terms
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    example: LogExample
+    margin: float  # log p(gold-label draft) − log p(opposite-label draft), in nats
+
+
+def _other(label: str) -> str:
+    return "normal" if label == "abnormal" else "abnormal"
+
+
+def _prompt_and_completions(example: LogExample) -> tuple[list[dict[str, str]], str, str]:
+    if example.kind is ExampleKind.WINDOW:
+        messages, write = window_messages(example.templates), lambda label: draft_window(example.templates, label)
+    else:
+        messages, write = template_messages(example.templates[0]), lambda label: draft_template(example.templates[0], label)
+    gold, other = example.label, _other(example.label)
+    return messages, completion_text(write(gold), gold), completion_text(write(other), other)
+
+
+def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> list[LogExample]:
+    """Which examples to score when scoring all costs too much: every abnormal one, then the
+    normal ones with trouble words (where a policy is most likely torn), then a seeded sample.
+
+    >>> from rationanomaly.training.data import Provenance
+    >>> e = lambda i, y, t: LogExample((t,), y, Provenance("bgl", "train", str(i)))
+    >>> pool = [e(0, "normal", "link up"), e(1, "normal", "disk error"), e(2, "abnormal", "halt"), e(3, "normal", "ok")]
+    >>> [x.provenance.item_id for x in candidates(pool, 2)]
+    ['2', '1']
+    """
+    import random
+
+    if limit >= len(examples):
+        return list(examples)
+    abnormal = [e for e in examples if e.label == "abnormal"]
+    troubled = [e for e in examples if e.label == "normal" and has_fault_terms(e.source)]
+    rest = [e for e in examples if e.label == "normal" and not has_fault_terms(e.source)]
+    random.Random(seed).shuffle(rest)
+    return (abnormal + troubled + rest)[:limit]
+
+
+def completion_logprobs(model, tokenizer, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str],
+                        batch_size: int = 16) -> list[float]:
+    """Sum of the completion tokens' log-probabilities after each chat prompt (teacher forced)."""
+    import torch
+
+    rows: list[tuple[list[int], int]] = []
+    for messages, completion in zip(prompts, completions, strict=True):
+        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if not isinstance(prompt_ids, list):  # transformers 5 may return a BatchEncoding
+            prompt_ids = list(prompt_ids["input_ids"])
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        rows.append((list(prompt_ids) + list(completion_ids), len(prompt_ids)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths, less padding
+    scores = [0.0] * len(rows)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(rows[i][0]) for i in chunk)
+            # Right padding: a causal model's logits at real positions never see the pads.
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                tokens = rows[i][0]
+                ids[row, : len(tokens)] = torch.tensor(tokens)
+                mask[row, : len(tokens)] = 1
+            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for row, i in enumerate(chunk):
+                tokens, prompt_len = rows[i]
+                targets = torch.tensor(tokens[prompt_len:])
+                # The logit at position t predicts token t + 1.
+                picked = logprobs[row, prompt_len - 1 : len(tokens) - 1].gather(1, targets[:, None])
+                scores[i] = float(picked.sum())
+    return scores
+
+
+def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Scored]:
+    """Each example with the policy's margin for its gold-label draft over the flipped one."""
+    prompts, completions = [], []
+    for example in examples:
+        messages, gold, other = _prompt_and_completions(example)
+        prompts += [messages, messages]
+        completions += [gold, other]
+    scores = completion_logprobs(model, tokenizer, prompts, completions, batch_size)
+    return [Scored(e, scores[2 * k] - scores[2 * k + 1]) for k, e in enumerate(examples)]
+
+
+def hardest(scored: Sequence[Scored], keep: int, max_margin: float) -> list[Scored]:
+    """Up to `keep` examples the policy is most torn on (smallest |margin| below `max_margin`),
+    half from each label.
+
+    |margin|, not the margin itself: a prompt the policy gets wrong by a wide margin is never
+    answered right at sampling temperature, so its group has no spread and teaches nothing;
+    the ones near zero are where rollouts disagree. Equal halves keep the set's label mix from
+    deciding which way the update leans (a skewed mix moved the decision threshold in earlier
+    runs); a label with too few such examples leaves its share to the other.
+
+    >>> from rationanomaly.training.data import Provenance
+    >>> e = lambda i, y: LogExample(("t",), y, Provenance("bgl", "train", str(i)))
+    >>> pool = [Scored(e(0, "normal"), 5.0), Scored(e(1, "normal"), -2.0), Scored(e(2, "normal"), 0.5),
+    ...         Scored(e(3, "abnormal"), 0.1), Scored(e(4, "normal"), -1.0), Scored(e(5, "abnormal"), -9.0)]
+    >>> [s.example.provenance.item_id for s in hardest(pool, 3, 3.0)]
+    ['3', '2', '4']
+    >>> [s.example.provenance.item_id for s in hardest(pool, 2, 3.0)]
+    ['3', '2']
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    by_label: dict[str, list[Scored]] = {"abnormal": [], "normal": []}
+    for s in sorted(scored, key=lambda s: abs(s.margin)):
+        if abs(s.margin) < max_margin:
+            by_label[s.example.label].append(s)
+    half = keep // 2
+    abnormal = by_label["abnormal"][: max(half, keep - len(by_label["normal"]))]
+    normal = by_label["normal"][: keep - len(abnormal)]
+    return sorted(normal + abnormal, key=lambda s: abs(s.margin))
