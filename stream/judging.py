@@ -243,7 +243,6 @@ class JudgeWorker:
                 if cached is not None:
                     self._done.append(cached)
                     return
-        with self._cond:
             self._pending.append(window)
             self._metrics.queue_depth.set(len(self._pending) + self._in_progress)
             self._cond.notify_all()

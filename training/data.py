@@ -191,13 +191,20 @@ def oversample_abnormal(examples: Sequence[LogExample], target_share: float, see
     return mixed
 
 
-def to_rows(examples: Iterable[LogExample]) -> list[dict]:
-    """Plain rows for HF datasets / CSV. Column names match the reward kwargs."""
+def prompt_messages(example: LogExample) -> list[dict[str, str]]:
+    """The chat prompt the model sees for an example: one template, or a window's sequence."""
     from rationanomaly.model.prompt import template_messages, window_messages
 
+    if example.kind is ExampleKind.WINDOW:
+        return window_messages(example.templates)
+    return template_messages(example.templates[0])
+
+
+def to_rows(examples: Iterable[LogExample]) -> list[dict]:
+    """Plain rows for HF datasets / CSV. Column names match the reward kwargs."""
     rows = []
     for e in examples:
-        prompt = template_messages(e.templates[0]) if e.kind is ExampleKind.TEMPLATE else window_messages(e.templates)
+        prompt = prompt_messages(e)
         rows.append(
             {
                 "id": e.example_id,

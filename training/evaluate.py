@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import structlog
 
-from rationanomaly.training.data import ExampleKind, LogExample, load_any, load_split
+from rationanomaly.training.data import ExampleKind, LogExample, load_any, load_split, prompt_messages
 from rationanomaly.training.lexicon import stance
 
 log = structlog.get_logger(__name__)
@@ -107,14 +107,6 @@ def compute_metrics(items: Sequence[ItemResult]) -> Metrics:
 Judge = Callable[[Sequence[list[dict[str, str]]]], list[Any]]
 
 
-def _conversation(example: LogExample) -> list[dict[str, str]]:
-    from rationanomaly.model.prompt import template_messages, window_messages
-
-    if example.kind is ExampleKind.WINDOW:
-        return window_messages(example.templates)
-    return template_messages(example.templates[0])
-
-
 def judge_examples(examples: Sequence[LogExample], classifier: Any, batch_size: int = 8) -> list[ItemResult]:
     """Judge examples with a model `Classifier`; shortest prompts batched together (less padding)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].source))
@@ -122,7 +114,7 @@ def judge_examples(examples: Sequence[LogExample], classifier: Any, batch_size: 
     chunk = batch_size * 4  # progress logging granularity; the backend batches within it
     for start in range(0, len(order), chunk):
         indices = order[start : start + chunk]
-        judgements = classifier.classify([_conversation(examples[i]) for i in indices])
+        judgements = classifier.classify([prompt_messages(examples[i]) for i in indices])
         for index, judgement in zip(indices, judgements, strict=True):
             e = examples[index]
             argued = stance(judgement.rationale) if judgement.rationale else None

@@ -15,11 +15,11 @@ forward pass per draft, no sampling, so it costs a fraction of one GRPO step per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from rationanomaly.model.prompt import completion_text, template_messages, window_messages
-from rationanomaly.training.data import ExampleKind, LogExample
-from rationanomaly.training.drafts import draft_template, draft_window
+from rationanomaly.model.prompt import completion_text
+from rationanomaly.training.data import LogExample, prompt_messages
+from rationanomaly.training.drafts import draft
 from rationanomaly.training.lexicon import has_fault_terms
 
 
@@ -33,13 +33,9 @@ def _other(label: str) -> str:
     return "normal" if label == "abnormal" else "abnormal"
 
 
-def _prompt_and_completions(example: LogExample) -> tuple[list[dict[str, str]], str, str]:
-    if example.kind is ExampleKind.WINDOW:
-        messages, write = window_messages(example.templates), lambda label: draft_window(example.templates, label)
-    else:
-        messages, write = template_messages(example.templates[0]), lambda label: draft_template(example.templates[0], label)
-    gold, other = example.label, _other(example.label)
-    return messages, completion_text(write(gold), gold), completion_text(write(other), other)
+def _draft_target(example: LogExample, label: str) -> str:
+    """The completion a draft arguing for `label` would be trained as."""
+    return completion_text(draft(replace(example, label=label)).rationale, label)
 
 
 def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> list[LogExample]:
@@ -103,9 +99,9 @@ def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_s
     """Each example with the policy's margin for its gold-label draft over the flipped one."""
     prompts, completions = [], []
     for example in examples:
-        messages, gold, other = _prompt_and_completions(example)
+        messages = prompt_messages(example)
         prompts += [messages, messages]
-        completions += [gold, other]
+        completions += [_draft_target(example, example.label), _draft_target(example, _other(example.label))]
     scores = completion_logprobs(model, tokenizer, prompts, completions, batch_size)
     return [Scored(e, scores[2 * k] - scores[2 * k + 1]) for k, e in enumerate(examples)]
 
