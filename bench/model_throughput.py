@@ -52,7 +52,9 @@ def data_dir() -> Path:
 def bgl_templates(limit: int) -> list[str]:
     path = data_dir() / "templates" / "bgl_dev.jsonl"
     with path.open("rb") as handle:
-        return [orjson.loads(line)["template"] for _, line in zip(range(limit), handle, strict=False)]
+        found = [orjson.loads(line)["template"] for line in handle]
+    # A batch larger than the file repeats it: throughput needs full batches, not new text.
+    return [found[i % len(found)] for i in range(limit)]
 
 
 def measure(backend: Backend, name: str, setting: str, templates: Sequence[str]) -> Figure:
@@ -76,16 +78,20 @@ def report(figure: Figure) -> Figure:
     return figure
 
 
-def bench_transformers(templates: Sequence[str], max_new_tokens: int) -> list[Figure]:
+def bench_transformers(templates: Sequence[str], max_new_tokens: int, device: str,
+                       batch_sizes: Sequence[int]) -> list[Figure]:
     from rationanomaly.model.backends.transformers import TransformersBackend
-    from rationanomaly.model.loading import load_causal_lm
+    from rationanomaly.model.loading import load_causal_lm, resolve_device
 
-    model, tokenizer = load_causal_lm("default", None, device="cpu")
+    device = resolve_device(device)
+    model, tokenizer = load_causal_lm("default", None, device=device)  # bf16 on a GPU, fp32 on a CPU
     figures = []
-    for batch_size in (1, 8):
-        settings = BackendSettings(device="cpu", adapter=None, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    for batch_size in batch_sizes:
+        settings = BackendSettings(device=device, adapter=None, batch_size=batch_size, max_new_tokens=max_new_tokens)
         backend = TransformersBackend(settings, model=model, tokenizer=tokenizer)
-        figures.append(report(measure(backend, "transformers", f"batch {batch_size}", templates)))
+        # Two full batches each (at least 4 templates): small batches would otherwise take minutes.
+        subset = templates[: max(4, 2 * batch_size)]
+        figures.append(report(measure(backend, f"transformers/{device}", f"batch {batch_size}", subset)))
     return figures
 
 
@@ -117,6 +123,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp server threads")
     parser.add_argument("--only", choices=["transformers", "openai"], default=None)
+    parser.add_argument("--device", default="cpu", help='transformers device: cpu, cuda or "auto"')
+    parser.add_argument("--batch-sizes", default="1,8", help="transformers batch sizes, comma-separated")
     args = parser.parse_args()
     templates = bgl_templates(args.templates)
     import torch
@@ -124,7 +132,8 @@ def main() -> None:
     print(f"{len(templates)} BGL templates, max_new_tokens={args.max_new_tokens}, torch threads={torch.get_num_threads()}")
     figures: list[Figure] = []
     if args.only in (None, "transformers"):
-        figures += bench_transformers(templates, args.max_new_tokens)
+        sizes = [int(b) for b in args.batch_sizes.split(",")]
+        figures += bench_transformers(templates, args.max_new_tokens, args.device, sizes)
     if args.only in (None, "openai"):
         figures += bench_llama_server(templates, args.max_new_tokens, args.threads)
     try:

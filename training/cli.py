@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from rationanomaly.training.sft import LORA_TARGETS
+
 app = typer.Typer(help="Train the verdict model: rationales, CoT-SFT, GRPO.", no_args_is_help=True)
 rationales_app = typer.Typer(help="Rationales for SFT: drafts, teacher, expert review.", no_args_is_help=True)
 app.add_typer(rationales_app, name="rationales")
@@ -130,13 +132,17 @@ def sft_command(
     init_adapter: Path = typer.Option(None, help="Continue training this saved LoRA adapter (a new schedule)."),
     warmup_steps: int = typer.Option(20),
     save_steps: int = typer.Option(120),
+    lora_r: int = typer.Option(16),
+    lora_alpha: int = typer.Option(32),
+    lora_targets: str = typer.Option(",".join(LORA_TARGETS), help='Comma-separated module names, or "all-linear".'),
 ) -> None:
     """LoRA (or full) CoT-SFT with TRL's SFTTrainer."""
     from rationanomaly.training.sft import SFTRun, default_sft_config, train_sft
 
     run = SFTRun(model=model, splits=_splits(splits), rationales=rationales, hdfs_windows=hdfs_windows,
                  abnormal_share=abnormal_share, lora=not full, time_budget_min=time_budget_min,
-                 init_adapter=str(init_adapter) if init_adapter else None)
+                 init_adapter=str(init_adapter) if init_adapter else None, lora_r=lora_r, lora_alpha=lora_alpha,
+                 lora_targets=_splits(lora_targets))
     config = default_sft_config(output_dir, max_steps=max_steps, learning_rate=learning_rate,
                                 per_device_train_batch_size=batch_size, max_length=640, save_steps=save_steps,
                                 warmup_steps=warmup_steps, logging_steps=10)
@@ -160,7 +166,7 @@ def hard_prompts_command(
     from rationanomaly.training.hardness import candidates, hardest, preference_margins
 
     examples = candidates([e for s in _splits(splits) for e in load_split(s)], limit)
-    model, tokenizer = load_causal_lm("default", str(adapter))
+    model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
     scored = preference_margins(model, tokenizer, examples, batch_size)
     chosen = hardest(scored, keep, max_margin)
     write_jsonl(draft_all([s.example for s in chosen]), out)

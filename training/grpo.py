@@ -117,7 +117,8 @@ def train_grpo(run: GRPORun, config=None, scorer=None) -> Path:
     from trl import GRPOTrainer
 
     from rationanomaly.training.data import to_grpo_dataset
-    from rationanomaly.training.sft import save_trained, time_budget_callback
+    from rationanomaly.training.callbacks import training_callbacks
+    from rationanomaly.training.sft import save_trained
 
     funcs, weights = build_rewards(run.rewards, scorer=scorer)
     config = config or default_grpo_config("runs/grpo", weights=weights)
@@ -133,7 +134,7 @@ def train_grpo(run: GRPORun, config=None, scorer=None) -> Path:
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[time_budget_callback(run.time_budget_min)] if run.time_budget_min else None,
+        callbacks=training_callbacks(run.time_budget_min),
     )
     trainer.train()
     final = Path(config.output_dir) / "final"

@@ -85,7 +85,8 @@ def completion_logprobs(model, tokenizer, prompts: Sequence[list[dict[str, str]]
                 tokens = rows[i][0]
                 ids[row, : len(tokens)] = torch.tensor(tokens)
                 mask[row, : len(tokens)] = 1
-            logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
             for row, i in enumerate(chunk):
                 tokens, prompt_len = rows[i]
                 targets = torch.tensor(tokens[prompt_len:])

@@ -240,14 +240,14 @@ class PerplexityScorer:
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
-        self._model.eval()
+        self._model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
     def _perplexity(self, text: str) -> float:
         import torch
 
         if self._model is None:
             self._load()
-        ids = self._tokenizer(text, return_tensors="pt").input_ids[:, :256]
+        ids = self._tokenizer(text, return_tensors="pt").input_ids[:, :256].to(self._model.device)
         if ids.shape[1] < 2:
             return float("inf")
         with torch.inference_mode():

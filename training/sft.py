@@ -8,7 +8,6 @@ The dataset is conversational prompt/completion, so TRL puts the loss on the com
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,27 +105,10 @@ def lora_config(run: SFTRun):
         r=run.lora_r,
         lora_alpha=run.lora_alpha,
         lora_dropout=run.lora_dropout,
-        target_modules=list(run.lora_targets),
+        # peft takes "all-linear" as a bare string (every linear layer but the output head).
+        target_modules="all-linear" if run.lora_targets == ("all-linear",) else list(run.lora_targets),
         task_type="CAUSAL_LM",
     )
-
-
-def time_budget_callback(minutes: float):
-    """A callback that ends training (with a save) once the wall-clock budget is spent."""
-    from transformers import TrainerCallback
-
-    class TimeBudget(TrainerCallback):
-        def __init__(self) -> None:
-            self.deadline = time.monotonic() + minutes * 60.0
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() >= self.deadline:
-                log.info("sft.time_budget_spent", step=state.global_step, minutes=minutes)
-                control.should_training_stop = True
-                control.should_save = True
-            return control
-
-    return TimeBudget()
 
 
 def load_base(model: str | None):
@@ -151,6 +133,7 @@ def train_sft(run: SFTRun, config=None, resume: bool | str = False) -> Path:
     """
     from trl import SFTTrainer
 
+    from rationanomaly.training.callbacks import training_callbacks
     from rationanomaly.training.data import to_sft_dataset
 
     config = config or default_sft_config("runs/sft")
@@ -164,14 +147,13 @@ def train_sft(run: SFTRun, config=None, resume: bool | str = False) -> Path:
 
         # Continuing keeps the adapter's own LoRA shape; lora_r/targets of the run do not apply.
         model = PeftModel.from_pretrained(model, run.init_adapter, is_trainable=True)
-    callbacks = [time_budget_callback(run.time_budget_min)] if run.time_budget_min else []
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(run) if run.lora and not run.init_adapter else None,
-        callbacks=callbacks,
+        callbacks=training_callbacks(run.time_budget_min),
     )
     trainer.train(resume_from_checkpoint=resume if resume else None)
     final = Path(config.output_dir) / "final"
@@ -181,14 +163,18 @@ def train_sft(run: SFTRun, config=None, resume: bool | str = False) -> Path:
 
 
 def save_trained(model, tokenizer, path: Path) -> None:
-    """Save a LoRA adapter in half precision (a few MB) or a full model as is."""
+    """Save a LoRA adapter in half precision (a few MB) or a full model as is; never a NaN one."""
     import torch
 
+    from rationanomaly.training.callbacks import assert_finite
+
+    assert_finite(model)
     path.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config"):
         # LoRA weights are small either way; fp16 halves them and they load back into fp32.
         state = {k: v.to(torch.float16) for k, v in model.state_dict().items() if "lora_" in k}
-        model.save_pretrained(str(path), state_dict=state)
+        # Only the policy: with a KL term TRL keeps a frozen "ref" copy, which would be saved beside it.
+        model.save_pretrained(str(path), state_dict=state, selected_adapters=[model.active_adapter])
     else:
         model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))

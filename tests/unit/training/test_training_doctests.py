@@ -13,6 +13,7 @@ MODULES = [
     "rationanomaly.training.rewards",
     "rationanomaly.training.evaluate",
     "rationanomaly.training.hardness",
+    "rationanomaly.training.callbacks",
 ]
 
 

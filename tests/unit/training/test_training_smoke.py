@@ -60,6 +60,7 @@ def test_grpo_smoke_from_sft_adapter(sft_adapter, tmp_path) -> None:
     final = train_grpo(GRPORun(adapter=str(adapter), limit=8, rewards=rewards), config)
     losses = _losses(tmp_path)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert not (final / "ref").exists()  # the frozen KL reference is not part of the adapter
     base, _ = load_base(None)
     PeftModel.from_pretrained(base, str(final))
 
