@@ -45,14 +45,16 @@ def draft_command(
     inputs: list[Path] = typer.Option(None, "--input", help="Data or rationales files (default: the train splits)."),
     splits: str = typer.Option(_SPLITS, help="Comma-separated shared-data splits when no --input."),
     hdfs_windows: int = typer.Option(0, help="Add a balanced slice of hdfs_train sessions (window mode)."),
+    hdfs_templates: int = typer.Option(0, help="Add N copies of each hdfs_train template labelled by the session rule."),
 ) -> None:
     """Grounded draft rationales (no teacher needed); provenance "draft"."""
     from rationanomaly.training.data import write_jsonl
     from rationanomaly.training.drafts import draft_all
     from rationanomaly.training.sft import SFTRun, training_examples
 
-    if hdfs_windows:
-        examples = training_examples(SFTRun(splits=_splits(splits), hdfs_windows=hdfs_windows, abnormal_share=0.01))
+    if hdfs_windows or hdfs_templates:
+        examples = training_examples(SFTRun(splits=_splits(splits), hdfs_windows=hdfs_windows,
+                                            hdfs_templates=hdfs_templates, abnormal_share=0.01))
     else:
         examples = draft_all(_load(inputs, splits))
     write_jsonl(examples, out)
@@ -122,6 +124,7 @@ def sft_command(
     rationales: Path = typer.Option(None, help="Rationales jsonl (default: drafts of --splits)."),
     splits: str = typer.Option(_SPLITS),
     hdfs_windows: int = typer.Option(40),
+    hdfs_templates: int = typer.Option(0, help="Copies of each hdfs_train template labelled by the session rule."),
     abnormal_share: float = typer.Option(0.35),
     full: bool = typer.Option(False, help="Full fine-tuning instead of LoRA."),
     max_steps: int = typer.Option(300),
@@ -140,6 +143,7 @@ def sft_command(
     from rationanomaly.training.sft import SFTRun, default_sft_config, train_sft
 
     run = SFTRun(model=model, splits=_splits(splits), rationales=rationales, hdfs_windows=hdfs_windows,
+                 hdfs_templates=hdfs_templates,
                  abnormal_share=abnormal_share, lora=not full, time_budget_min=time_budget_min,
                  init_adapter=str(init_adapter) if init_adapter else None, lora_r=lora_r, lora_alpha=lora_alpha,
                  lora_targets=_splits(lora_targets))

@@ -14,7 +14,13 @@ from typing import Any
 
 import structlog
 
-from rationanomaly.training.data import LogExample, load_split, oversample_abnormal, read_jsonl
+from rationanomaly.training.data import (
+    LogExample,
+    load_split,
+    oversample_abnormal,
+    read_jsonl,
+    session_rule_templates,
+)
 from rationanomaly.training.drafts import draft_all
 
 log = structlog.get_logger(__name__)
@@ -30,6 +36,7 @@ class SFTRun:
     splits: tuple[str, ...] = ("bgl_train", "spirit_train")
     rationales: Path | None = None  # jsonl from `rationales draft|teacher|merge`; None → drafts
     hdfs_windows: int = 0  # balanced slice of hdfs_train sessions in window mode
+    hdfs_templates: int = 0  # copies of each HDFS template labelled by the session rule (0: none)
     abnormal_share: float = 0.35  # the paper's set is ~15% anomalous; F1 is on the rare class
     limit: int | None = None  # first N examples after shuffling (smoke runs)
     lora: bool = True
@@ -91,6 +98,8 @@ def training_examples(run: SFTRun) -> list[LogExample]:
         abnormal = [s for s in sessions if s.label == "abnormal"]
         normal = [s for s in sessions if s.label == "normal"]
         examples += rng.sample(abnormal, min(half, len(abnormal))) + rng.sample(normal, run.hdfs_windows - half)
+    if run.hdfs_templates:
+        examples += session_rule_templates(load_split("hdfs_train")) * run.hdfs_templates
     examples = draft_all(examples)
     mixed = oversample_abnormal(examples, run.abnormal_share, seed=run.seed)
     if run.limit is not None:

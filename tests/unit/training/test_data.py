@@ -6,12 +6,15 @@ import pytest
 
 from rationanomaly.training.data import (
     ExampleKind,
+    LogExample,
+    Provenance,
     data_dir,
     distinct_templates,
     load_bgl_raw,
     load_split,
     oversample_abnormal,
     read_jsonl,
+    session_rule_templates,
     to_grpo_dataset,
     to_sft_dataset,
     write_jsonl,
@@ -76,3 +79,27 @@ def test_hf_datasets_have_reward_columns(tmp_path) -> None:
     path = tmp_path / "r.jsonl"
     write_jsonl(examples, path)
     assert read_jsonl(path) == examples
+
+
+def _session(label: str, *templates: str) -> LogExample:
+    return LogExample(templates=templates, label=label, provenance=Provenance("hdfs", "train", f"blk_{label}"),
+                      kind=ExampleKind.WINDOW)
+
+
+def test_session_rule_templates_follow_the_rule() -> None:
+    derived = session_rule_templates([
+        _session("normal", "A", "B", "A"),
+        _session("abnormal", "A", "C"),
+    ])
+    labels = {e.templates[0]: e.label for e in derived}
+    # A normal session makes all its templates normal, even when one also shows up in an abnormal one.
+    assert labels == {"A": "normal", "B": "normal", "C": "abnormal"}
+    assert all(e.kind is ExampleKind.TEMPLATE and e.provenance.split == "train-session-rule" for e in derived)
+    assert len({e.example_id for e in derived}) == 3
+
+
+def test_session_rule_on_real_hdfs_train() -> None:
+    labels = {e.templates[0]: e.label for e in session_rule_templates(load_split("hdfs_train"))}
+    assert labels["Verification succeeded for <*>"] == "normal"
+    assert labels["writeBlock <*> received exception <*>"] == "abnormal"
+    assert sum(label == "abnormal" for label in labels.values()) == 6 and len(labels) == 18
