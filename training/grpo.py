@@ -99,14 +99,12 @@ def grpo_examples(run: GRPORun) -> list[LogExample]:
 
 def load_policy(run: GRPORun):
     """Base model with the SFT adapter loaded trainable (or a fresh LoRA when there is none)."""
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     from rationanomaly.training.sft import SFTRun, load_base, lora_config
 
-    model, tokenizer = load_base(run.model)
-    if run.adapter:
-        model = PeftModel.from_pretrained(model, run.adapter, is_trainable=True)
-    else:
+    model, tokenizer = load_base(run.model, adapter=run.adapter)
+    if not run.adapter:
         model = get_peft_model(model, lora_config(SFTRun()))
     tokenizer.padding_side = "left"
     return model, tokenizer

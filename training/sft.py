@@ -120,8 +120,9 @@ def lora_config(run: SFTRun):
     )
 
 
-def load_base(model: str | None):
-    """Base model and tokenizer in fp32 (CPU) or bf16 (GPU)."""
+def load_base(model: str | None, adapter: str | None = None):
+    """Base model and tokenizer in fp32 (CPU) or bf16 (GPU), with a saved LoRA adapter loaded
+    trainable on top when one is given (SFT continuing, GRPO starting from SFT)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,7 +133,12 @@ def load_base(model: str | None):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), tokenizer
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter, is_trainable=True)
+    return lm, tokenizer
 
 
 def train_sft(run: SFTRun, config=None, resume: bool | str = False) -> Path:
@@ -150,12 +156,8 @@ def train_sft(run: SFTRun, config=None, resume: bool | str = False) -> Path:
     dataset = to_sft_dataset(examples)
     share = sum(e.label == "abnormal" for e in examples) / max(len(examples), 1)
     log.info("sft.data", examples=len(examples), abnormal_share=round(share, 3), lora=run.lora)
-    model, tokenizer = load_base(run.model)
-    if run.init_adapter:
-        from peft import PeftModel
-
-        # Continuing keeps the adapter's own LoRA shape; lora_r/targets of the run do not apply.
-        model = PeftModel.from_pretrained(model, run.init_adapter, is_trainable=True)
+    # Continuing keeps the adapter's own LoRA shape; lora_r/targets of the run do not apply.
+    model, tokenizer = load_base(run.model, adapter=run.init_adapter)
     trainer = SFTTrainer(
         model=model,
         args=config,
