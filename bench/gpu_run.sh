@@ -44,7 +44,7 @@ pack() {  # pack STAGE: its adapter (not checkpoints), log and reports → $OUT/
 
 evaluate() {  # evaluate STAGE ADAPTER: dev templates, no baselines (they are the same on every device)
   local stage=$1 adapter=$2
-  $PY -m rationanomaly.training.cli eval $DEV --model "$adapter" --baselines '' --batch-size "$EVAL_BATCH" \
+  $T eval $DEV --model "$adapter" --baselines '' --batch-size "$EVAL_BATCH" \
     ${EVAL_LIMIT:+--limit $EVAL_LIMIT} --label "$stage" --report "$WORK/$stage/eval/report.json" >"$WORK/$stage/eval.log" 2>&1
   stamp "eval $stage: $(tail -n 4 "$WORK/$stage/eval.log" | grep -m1 '^precision' || echo failed)"
 }

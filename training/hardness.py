@@ -86,10 +86,11 @@ def completion_logprobs(model, tokenizer, prompts: Sequence[list[dict[str, str]]
                 ids[row, : len(tokens)] = torch.tensor(tokens)
                 mask[row, : len(tokens)] = 1
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            # Stays on the model's device: only the picked log-probabilities cross to the host.
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
             for row, i in enumerate(chunk):
                 tokens, prompt_len = rows[i]
-                targets = torch.tensor(tokens[prompt_len:])
+                targets = torch.tensor(tokens[prompt_len:], device=logprobs.device)
                 # The logit at position t predicts token t + 1.
                 picked = logprobs[row, prompt_len - 1 : len(tokens) - 1].gather(1, targets[:, None])
                 scores[i] = float(picked.sum())

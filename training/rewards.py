@@ -238,9 +238,11 @@ class PerplexityScorer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from rationanomaly.model.loading import resolve_device
+
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
-        self._model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self._model.to(resolve_device("auto")).eval()
 
     def _perplexity(self, text: str) -> float:
         import torch

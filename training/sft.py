@@ -91,15 +91,15 @@ def training_examples(run: SFTRun) -> list[LogExample]:
         examples = read_jsonl(run.rationales)
     else:
         examples = [e for split in run.splits for e in load_split(split)]
+    sessions = load_split("hdfs_train") if run.hdfs_windows or run.hdfs_templates else []
     if run.hdfs_windows:
-        sessions = load_split("hdfs_train")
         rng = random.Random(run.seed)
         half = run.hdfs_windows // 2
         abnormal = [s for s in sessions if s.label == "abnormal"]
         normal = [s for s in sessions if s.label == "normal"]
         examples += rng.sample(abnormal, min(half, len(abnormal))) + rng.sample(normal, run.hdfs_windows - half)
     if run.hdfs_templates:
-        examples += session_rule_templates(load_split("hdfs_train")) * run.hdfs_templates
+        examples += session_rule_templates(sessions) * run.hdfs_templates
     examples = draft_all(examples)
     mixed = oversample_abnormal(examples, run.abnormal_share, seed=run.seed)
     if run.limit is not None:
