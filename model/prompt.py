@@ -6,6 +6,7 @@ log, so a server's prefix cache (vLLM's is on by default) serves them once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from rationanomaly.model.parser import LABELS, Label, VerdictParseError, parse_verdict
@@ -22,6 +23,8 @@ SYSTEM_PROMPT: str = (
 INSTRUCTION: str = "Classify the given log entries into normal and abnormal categories."
 
 Messages = list[dict[str, str]]
+
+_WINDOW_LINE = re.compile(r"\d+\. (.*?)(?: \(×(\d+)\))?")
 
 
 def template_messages(template: str) -> Messages:
@@ -70,6 +73,37 @@ def collapse_repeats(templates: Sequence[str]) -> list[tuple[str, int]]:
         else:
             runs.append((template, 1))
     return runs
+
+
+def read_log(messages: Messages) -> str | tuple[str, ...]:
+    """The log a rendered prompt asks about: the template (template mode) or the window's
+    template sequence with repeats expanded (window mode). Inverse of the two renderers, for
+    decisions that need the input itself (`model.ranking`).
+
+    >>> read_log(template_messages("disk <*> failed"))
+    'disk <*> failed'
+    >>> read_log(window_messages(["a <*>", "a <*>", "b"]))
+    ('a <*>', 'a <*>', 'b')
+    >>> read_log([{"role": "user", "content": "hello"}])
+    Traceback (most recent call last):
+    ...
+    ValueError: not a prompt rendered by ra-prompt-1: the user message does not start with the instruction
+    """
+    user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    if not user.startswith(INSTRUCTION):
+        raise ValueError(f"not a prompt rendered by {PROMPT_VERSION}: the user message does not start with the instruction")
+    body = user[len(INSTRUCTION) :]
+    if body.startswith(" "):
+        return body[1:]
+    templates: list[str] = []
+    for line in body.splitlines()[1:]:
+        match = _WINDOW_LINE.fullmatch(line)
+        if match is None:
+            raise ValueError(f"not a prompt rendered by {PROMPT_VERSION}: window line {line!r}")
+        templates += [match.group(1)] * int(match.group(2) or 1)
+    if not templates:
+        raise ValueError(f"not a prompt rendered by {PROMPT_VERSION}: no log in the user message")
+    return tuple(templates)
 
 
 def completion_text(rationale: str, label: Label) -> str:

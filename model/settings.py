@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 BackendKind = Literal["openai", "transformers", "vllm"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+Decision = Literal["auto", "generate", "rank"]
 
 DEFAULT = "default"
 _DEVICE_RE = re.compile(r"cpu|auto|mps|cuda(?::\d+)?")
@@ -51,6 +52,11 @@ class BackendSettings(BaseModel):
     structured_outputs: bool = True  # constrain output to OUTPUT_REGEX (openai, vllm)
     device: str = "auto"  # cuda when available, else cpu
     dtype: DType = "auto"
+    # How the verdict is reached: "generate" decodes a rationale and answer; "rank" scores the
+    # two grounded answers and keeps the likelier (model.ranking, transformers only); "auto"
+    # ranks when the adapter ships a calibrated decision.json, else generates.
+    decision: Decision = "auto"
+    rank_threshold: float | None = None  # overrides decision.json's threshold (nats)
 
     @field_validator("model")
     @classmethod
@@ -96,6 +102,11 @@ class BackendSettings(BaseModel):
             )
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype='float16' is not supported for generation on CPU; use float32 or auto")
+        if self.decision == "rank" and self.kind != "transformers":
+            raise ValueError(
+                f"decision='rank' scores answers in-process and needs kind='transformers' (kind is {self.kind!r}); "
+                "use decision='generate' with a server"
+            )
         if self.kind == "vllm" and self.device in ("cpu", "mps"):
             raise ValueError(f"kind='vllm' needs a CUDA GPU; set device='cuda' (device is {self.device!r})")
         return self

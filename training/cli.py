@@ -180,6 +180,40 @@ def hard_prompts_command(
                f"({abnormal} abnormal) with |margin| < {max_margin} → {out}")
 
 
+@app.command("calibrate")
+def calibrate_command(
+    adapter: Path = typer.Option(..., help="The adapter whose rank decision to calibrate; decision.json is written into it."),
+    splits: str = typer.Option(_SPLITS, help="Train splits to calibrate on (never the dev splits that measure it)."),
+    normal_per_dataset: int = typer.Option(300, help="Normal examples scored per dataset (weighted to the full split)."),
+    abnormal_per_dataset: int = typer.Option(None, help="Abnormal examples scored per dataset (default: all)."),
+    batch_size: int = typer.Option(16),
+    seed: int = typer.Option(0),
+) -> None:
+    """Pick the rank decision's threshold on train splits and save it beside the adapter."""
+    from rationanomaly.model.loading import load_causal_lm
+    from rationanomaly.model.ranking import margins, save_threshold
+    from rationanomaly.model.scoring import completion_logprobs
+    from rationanomaly.training.calibrate import Scored, best_threshold, calibration_sample, f1_by_dataset
+    from rationanomaly.training.data import load_split, prompt_messages
+
+    names = _splits(splits)
+    sample = calibration_sample([e for s in names for e in load_split(s)], normal_per_dataset, seed, abnormal_per_dataset)
+    model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
+
+    def score(prompts, completions):
+        return completion_logprobs(model, tokenizer, prompts, completions, batch_size)
+
+    values = margins(score, [prompt_messages(e) for e, _ in sample])
+    scored = [Scored(e.provenance.dataset, e.label, m, w) for (e, w), m in zip(sample, values, strict=True)]
+    threshold, f1s = best_threshold(scored)
+    path = save_threshold(adapter, threshold, calibrated_on=names, scored=len(scored),
+                          normal_per_dataset=normal_per_dataset, abnormal_per_dataset=abnormal_per_dataset, seed=seed,
+                          train_f1={d: round(f, 4) for d, f in f1s.items()},
+                          train_f1_at_zero={d: round(f, 4) for d, f in f1_by_dataset(scored, 0.0).items()})
+    typer.echo(f"threshold {threshold} nats; train F1 " + ", ".join(f"{d} {f:.3f}" for d, f in f1s.items()) + f" → {path}")
+
+
+
 @app.command("grpo")
 def grpo_command(
     adapter: Path = typer.Option(..., help="SFT adapter to continue."),
@@ -223,6 +257,8 @@ def eval_command(
     batch_size: int = typer.Option(8),
     max_new_tokens: int = typer.Option(96),
     label: str = typer.Option("model", help="Name of the model under test in the report."),
+    decision: str = typer.Option("auto", help="generate | rank | auto (rank when the adapter ships decision.json)."),
+    rank_threshold: float = typer.Option(None, help="Override the rank decision's calibrated threshold (nats)."),
 ) -> None:
     """Precision, recall, F1, confusion matrix, format-valid and consistency rates, latency."""
     from rationanomaly.training.evaluate import EvalRequest, SessionMode, run_evaluation, write_report
@@ -231,6 +267,7 @@ def eval_command(
         data=tuple(data), model=model, baselines=_splits(baselines),
         session_mode=tuple(SessionMode(m) for m in _splits(session_mode)),
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, label=label,
+        decision=decision, rank_threshold=rank_threshold,
     )
     result = run_evaluation(request, items_path=report.with_suffix(".items.jsonl"))
     written = write_report(result, report)

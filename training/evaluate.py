@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from rationanomaly.training.data import ExampleKind, LogExample, load_any, load_split, prompt_messages
-from rationanomaly.training.lexicon import stance
+from rationanomaly.model.lexicon import stance
 
 log = structlog.get_logger(__name__)
 
@@ -238,11 +238,15 @@ class EvalRequest:
     max_new_tokens: int = 96
     seed: int = 0
     label: str = "model"  # the name the model under test gets in the report's sections
+    decision: str = "auto"  # generate | rank | auto (rank when the adapter ships decision.json)
+    rank_threshold: float | None = None
 
 
-def make_classifier(model: str, batch_size: int, max_new_tokens: int):
-    """Classifier over model/'s transformers backend, greedy, no retries (greedy repeats itself)."""
-    from rationanomaly.model.backends.transformers import TransformersBackend
+def make_classifier(model: str, batch_size: int, max_new_tokens: int, decision: str = "auto",
+                    rank_threshold: float | None = None):
+    """Classifier over model/'s in-process backend (greedy, or the rank decision), no retries
+    (both are deterministic: a retry repeats the same answer)."""
+    from rationanomaly.model.backends import make_backend
     from rationanomaly.model.classifier import Classifier
     from rationanomaly.model.settings import BackendSettings
     from rationanomaly.training.models import is_adapter_dir, resolve_base_model
@@ -263,8 +267,10 @@ def make_classifier(model: str, batch_size: int, max_new_tokens: int):
         max_new_tokens=max_new_tokens,
         temperature=0.0,
         device="auto",
+        decision=decision,
+        rank_threshold=rank_threshold,
     )
-    return Classifier(TransformersBackend(settings), retries=0)
+    return Classifier(make_backend(settings), retries=0)
 
 
 def _load_eval_file(path: Path, limit: int | None, seed: int) -> list[LogExample]:
@@ -297,8 +303,11 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
 
     def classifier(name: str) -> Any:
         if name not in classifiers:
-            model = request.model if name == "model" else "base"
-            classifiers[name] = make_classifier(model, request.batch_size, request.max_new_tokens)
+            if name == "model":
+                classifiers[name] = make_classifier(request.model, request.batch_size, request.max_new_tokens,
+                                                    request.decision, request.rank_threshold)
+            else:
+                classifiers[name] = make_classifier("base", request.batch_size, request.max_new_tokens, "generate")
         return classifiers[name]
 
     systems = ["model"] + [b for b in request.baselines if b == "zero-shot"]
@@ -335,6 +344,7 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
         **{k: overall[k] for k in ("precision", "recall", "f1")},
         "overall": overall,
         "model": request.model,
+        "model_id": classifier("model").model_id if "model" in classifiers else None,
         "prompt_version": _prompt_version(),
         "data": [str(p) for p in request.data],
         "limit": request.limit,

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from rationanomaly.model.prompt import completion_text
+from rationanomaly.model.scoring import completion_logprobs
 from rationanomaly.training.data import LogExample, prompt_messages
 from rationanomaly.training.drafts import draft
-from rationanomaly.training.lexicon import has_fault_terms
+from rationanomaly.model.lexicon import has_fault_terms
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,44 +58,6 @@ def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> lis
     rest = [e for e in examples if e.label == "normal" and not has_fault_terms(e.source)]
     random.Random(seed).shuffle(rest)
     return (abnormal + troubled + rest)[:limit]
-
-
-def completion_logprobs(model, tokenizer, prompts: Sequence[list[dict[str, str]]], completions: Sequence[str],
-                        batch_size: int = 16) -> list[float]:
-    """Sum of the completion tokens' log-probabilities after each chat prompt (teacher forced)."""
-    import torch
-
-    rows: list[tuple[list[int], int]] = []
-    for messages, completion in zip(prompts, completions, strict=True):
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if not isinstance(prompt_ids, list):  # transformers 5 may return a BatchEncoding
-            prompt_ids = list(prompt_ids["input_ids"])
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        rows.append((list(prompt_ids) + list(completion_ids), len(prompt_ids)))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths, less padding
-    scores = [0.0] * len(rows)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = max(len(rows[i][0]) for i in chunk)
-            # Right padding: a causal model's logits at real positions never see the pads.
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                tokens = rows[i][0]
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, : len(tokens)] = 1
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-            # Stays on the model's device: only the picked log-probabilities cross to the host.
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for row, i in enumerate(chunk):
-                tokens, prompt_len = rows[i]
-                targets = torch.tensor(tokens[prompt_len:], device=logprobs.device)
-                # The logit at position t predicts token t + 1.
-                picked = logprobs[row, prompt_len - 1 : len(tokens) - 1].gather(1, targets[:, None])
-                scores[i] = float(picked.sum())
-    return scores
 
 
 def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Scored]:

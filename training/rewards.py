@@ -20,7 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 from rationanomaly.model.parser import ParsedVerdict, VerdictParseError, parse_verdict
-from rationanomaly.training.lexicon import has_fault_terms, stance
+from rationanomaly.model.lexicon import has_fault_terms, stance
 
 RewardFn = Callable[..., list[float]]
 

@@ -15,7 +15,7 @@ import structlog
 
 from rationanomaly.model.parser import VerdictParseError, parse_verdict
 from rationanomaly.training.data import ExampleKind, LogExample
-from rationanomaly.training.lexicon import stance
+from rationanomaly.model.lexicon import stance
 
 log = structlog.get_logger(__name__)
 

@@ -23,8 +23,20 @@ def _openai(settings: BackendSettings) -> Backend:
 
 def _transformers(settings: BackendSettings) -> Backend:
     from rationanomaly.model.backends.transformers import TransformersBackend
+    from rationanomaly.model.loading import resolve_adapter
+    from rationanomaly.model.ranking import RankingBackend, load_threshold
 
-    return TransformersBackend(settings)
+    backend = TransformersBackend(settings)  # first: it turns a bad model or adapter into BackendError
+    threshold = None
+    if settings.decision != "generate":
+        threshold = settings.rank_threshold
+        if threshold is None:
+            threshold = load_threshold(resolve_adapter(settings.adapter))
+        if threshold is None and settings.decision == "rank":
+            threshold = 0.0  # no calibration shipped: compare the two answers as they are
+    if threshold is None:
+        return backend
+    return RankingBackend(backend, threshold, batch_size=settings.batch_size)
 
 
 def _vllm(settings: BackendSettings) -> Backend:

@@ -53,6 +53,14 @@ class TransformersBackend:
             results.extend(self._generate_batch(conversations[start : start + size]))
         return results
 
+    def score(self, conversations: Sequence[Conversation], completions: Sequence[str]) -> list[float]:
+        """Teacher-forced log-likelihood (nats) of each completion after its conversation."""
+        from rationanomaly.model.scoring import completion_logprobs
+
+        if self._model is None:
+            raise BackendError("backend is closed")
+        return completion_logprobs(self._model, self._tokenizer, conversations, completions, self._settings.batch_size)
+
     def close(self) -> None:
         self._model = None
         self._tokenizer = None

@@ -10,11 +10,14 @@ import pytest
 MODULES = [
     "rationanomaly.model.parser",
     "rationanomaly.model.prompt",
+    "rationanomaly.model.lexicon",
+    "rationanomaly.model.drafts",
     "rationanomaly.model.settings",
     "rationanomaly.model.classifier",
     "rationanomaly.model.loading",
     "rationanomaly.model.backends.openai",
     "rationanomaly.model.backends.transformers",
+    "rationanomaly.model.ranking",
 ]
 
 

@@ -6,11 +6,12 @@ import re
 
 import pytest
 
+from rationanomaly.model.drafts import draft_template, draft_window
+from rationanomaly.model.lexicon import stance
 from rationanomaly.model.parser import parse_verdict
 from rationanomaly.model.prompt import completion_text
 from rationanomaly.training.data import load_split
-from rationanomaly.training.drafts import draft, draft_template, draft_window
-from rationanomaly.training.lexicon import stance
+from rationanomaly.training.drafts import draft
 
 # An independent, plain list of trouble words: a draft that says "no fault keywords" must not
 # be looking at any of these.

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from rationanomaly.training.data import load_split
-from rationanomaly.training.hardness import completion_logprobs, hardest, preference_margins
+from rationanomaly.model.scoring import completion_logprobs
+from rationanomaly.training.hardness import hardest, preference_margins
 
 pytestmark = pytest.mark.slow
 

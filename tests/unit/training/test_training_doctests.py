@@ -8,12 +8,11 @@ import importlib
 import pytest
 
 MODULES = [
-    "rationanomaly.training.lexicon",
-    "rationanomaly.training.drafts",
     "rationanomaly.training.rewards",
     "rationanomaly.training.evaluate",
     "rationanomaly.training.hardness",
     "rationanomaly.training.callbacks",
+    "rationanomaly.training.calibrate",
 ]
 
 
