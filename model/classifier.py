@@ -25,6 +25,7 @@ class Judgement:
     latency_s: float  # summed over attempts
     attempts: int
     raw: str | None  # the last text the model produced, kept for audit and debugging
+    confidence: float | None = None  # the backend's confidence in `label`, when it gives one
 
 
 class Classifier:
@@ -83,7 +84,7 @@ def _judge(generation: Generation, attempt: int, latency_s: float) -> tuple[Judg
         verdict = parse_verdict(generation.text)
     except VerdictParseError as error:
         return None, f"unparseable: {error}"
-    return Judgement(verdict.label, verdict.rationale, None, latency_s, attempt, generation.text), ""
+    return Judgement(verdict.label, verdict.rationale, None, latency_s, attempt, generation.text, generation.confidence), ""
 
 
 def failure_reason(error: str) -> str:

@@ -63,6 +63,20 @@ def decide(margin: float, threshold: float) -> Label:
     return "abnormal" if margin > threshold else "normal"
 
 
+def confidence(margin: float, threshold: float, label: Label) -> float:
+    """The chosen answer's share of the two, after the threshold's shift: a logistic of the
+    margin's distance from the threshold. It orders verdicts by how clearly the model preferred
+    one argument; it is not a calibrated probability of being right.
+
+    >>> round(confidence(2.0, 0.0, "abnormal"), 3), round(confidence(-2.0, -1.0, "normal"), 3)
+    (0.881, 0.731)
+    >>> confidence(0.0, 0.0, "normal")
+    0.5
+    """
+    distance = margin - threshold if label == "abnormal" else threshold - margin
+    return 1.0 / (1.0 + math.exp(-distance)) if distance > -700 else 0.0
+
+
 def margins(score: Scorer, conversations: Sequence[Conversation]) -> list[float]:
     """log p(abnormal answer) − log p(normal answer) for each conversation, in nats.
 
@@ -151,7 +165,8 @@ class RankingBackend:
         out: list[Generation] = []
         for i in range(len(batch)):
             if i in found and math.isfinite(found[i]):
-                out.append(Generation(answers[i][decide(found[i], self.threshold)], latency))
+                label = decide(found[i], self.threshold)
+                out.append(Generation(answers[i][label], latency, confidence=confidence(found[i], self.threshold, label)))
             else:
                 out.append(Generation(None, latency, error=errors.get(i, f"non-finite margin {found.get(i)!r}")))
         return out

@@ -35,6 +35,29 @@ class JudgedWindow:
     rationale: str | None
     template_labels: dict[str, VerdictLabel]
     latency_ms: float
+    confidence: float | None = None  # in `label`, when the backend gives one (rank decision)
+
+
+def window_confidence(label: VerdictLabel, judged: list[tuple[VerdictLabel, float | None]]) -> float | None:
+    """Confidence in a window's label from its templates' (label, confidence) pairs.
+
+    Abnormal: the clearest abnormal template's, since one anomaly makes the window abnormal.
+    Normal: the least sure template's, since any of them could have tipped it. None when a
+    deciding template has none (generated verdicts) or the window is unknown.
+
+    >>> window_confidence("abnormal", [("normal", 0.9), ("abnormal", 0.6), ("abnormal", 0.8)])
+    0.8
+    >>> window_confidence("normal", [("normal", 0.9), ("normal", 0.7)])
+    0.7
+    >>> window_confidence("normal", [("normal", 0.9), ("normal", None)]) is None
+    True
+    """
+    if label == "unknown":
+        return None
+    deciding = [c for lab, c in judged if lab == label]
+    if not deciding or any(c is None for c in deciding):
+        return None
+    return max(deciding) if label == "abnormal" else min(deciding)  # type: ignore[type-var]
 
 
 def combine(labels: list[VerdictLabel]) -> VerdictLabel:
@@ -159,6 +182,7 @@ class WindowJudge:
 
     def _from_templates(self, window: Window, fresh: dict[str, Judgement]) -> JudgedWindow:
         labels: dict[str, VerdictLabel] = {}
+        confidences: list[tuple[VerdictLabel, float | None]] = []
         rationale_parts: list[str] = []
         reasons: list[str] = []
         latency_s = 0.0
@@ -169,6 +193,7 @@ class WindowJudge:
                 reasons.append(f"{tid}: not judged")
                 continue
             labels[tid] = judgement.label
+            confidences.append((judgement.label, judgement.confidence))
             if tid in fresh:
                 latency_s = max(latency_s, judgement.latency_s)
             if judgement.label == "abnormal" and judgement.rationale:
@@ -183,6 +208,7 @@ class WindowJudge:
             rationale="\n".join(rationale_parts) if label == "abnormal" else None,
             template_labels=labels,
             latency_ms=latency_s * 1000.0,
+            confidence=window_confidence(label, confidences),
         )
 
     def _judge_sequences(self, windows: list[Window]) -> list[JudgedWindow]:
@@ -205,6 +231,7 @@ class WindowJudge:
                     rationale=judgement.rationale if judgement.label == "abnormal" else None,
                     template_labels={},  # the window was judged as a whole, no template alone
                     latency_ms=judgement.latency_s * 1000.0,
+                    confidence=judgement.confidence,
                 )
             )
         return judged

@@ -199,6 +199,7 @@ class Pipeline:
             prompt_version=self._identity.prompt_version,
             created_ms=created_ms,
             key_by=self._key_by,
+            confidence=judged.confidence,
         )
         self._sink.emit(verdict)
         self.verdicts += 1

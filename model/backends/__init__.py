@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+import structlog
+
 from rationanomaly.model.backends.base import Backend, BackendError, Conversation, Generation
 from rationanomaly.model.settings import BackendKind, BackendSettings
 
@@ -41,8 +43,17 @@ def _transformers(settings: BackendSettings) -> Backend:
 
 def _vllm(settings: BackendSettings) -> Backend:
     from rationanomaly.model.backends.vllm import VLLMBackend
+    from rationanomaly.model.loading import resolve_adapter
+    from rationanomaly.model.ranking import load_threshold
 
-    return VLLMBackend(settings)
+    backend = VLLMBackend(settings)
+    if settings.decision == "auto" and load_threshold(resolve_adapter(settings.adapter)) is not None:
+        # The adapter was calibrated for ranking, which vLLM does not expose here: say so once.
+        structlog.get_logger(__name__).warning(
+            "adapter ships a rank decision; kind='vllm' generates instead (verdicts may differ from the model card)",
+            adapter=settings.adapter,
+        )
+    return backend
 
 
 BACKENDS: Mapping[BackendKind, BackendFactory] = MappingProxyType(

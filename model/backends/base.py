@@ -23,6 +23,7 @@ class Generation:
     latency_s: float
     error: str | None = None
     completion_tokens: int | None = None  # when the backend knows it; for throughput figures
+    confidence: float | None = None  # probability of the text's answer, when the decision yields one (rank)
 
     @property
     def ok(self) -> bool:

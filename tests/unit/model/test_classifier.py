@@ -117,3 +117,10 @@ def test_identity_and_arguments() -> None:
     assert (classifier.model_id, classifier.prompt_version) == ("scripted", PROMPT_VERSION)
     with pytest.raises(ValueError, match="retries"):
         Classifier(ScriptedBackend({}), retries=-1)
+
+
+def test_a_generations_confidence_reaches_the_judgement() -> None:
+    backend = ScriptedBackend({"a": [Generation(GOOD, 0.1, confidence=0.83)], "b": [ok(NORMAL)]})
+    sure, plain = Classifier(backend).classify([template_messages("x a"), template_messages("x b")])
+    assert (sure.label, sure.confidence) == ("abnormal", 0.83)
+    assert (plain.label, plain.confidence) == ("normal", None)

@@ -73,6 +73,9 @@ def test_threshold_decides_and_the_published_answer_is_the_chosen_draft() -> Non
     at_zero = RankingBackend(scorer, threshold=0.0).generate(conversations)
     assert [parse_verdict(g.text).label for g in at_zero] == ["abnormal", "normal"]
     assert at_zero[0].text == candidates(DISK)["abnormal"]
+    # Confidence: the chosen answer's logistic share after the threshold's shift.
+    assert at_zero[0].confidence == pytest.approx(1 / (1 + math.exp(-1.2)))
+    assert at_zero[1].confidence == pytest.approx(1 / (1 + math.exp(-0.8)))
     lenient = RankingBackend(scorer, threshold=-1.0).generate(conversations)
     assert [parse_verdict(g.text).label for g in lenient] == ["abnormal", "abnormal"]
     strict = RankingBackend(scorer, threshold=2.0).generate(conversations)

@@ -174,3 +174,45 @@ def test_verdicts_leave_in_the_order_their_windows_closed():
         assert [j.window.key for j in worker.take_done()] == ["w6"]
     finally:
         worker.close()
+
+
+class ConfidentClassifier(ScriptedClassifier):
+    """Like ScriptedClassifier, with the confidence a rank decision attaches: the number after '@'."""
+
+    def classify(self, conversations):
+        out = []
+        for judgement, conv in zip(super().classify(conversations), conversations):
+            text = conv[-1]["content"]
+            conf = float(text.rsplit("@", 1)[1]) if "@" in text else None
+            out.append(Judgement(judgement.label, judgement.rationale, judgement.reason, judgement.latency_s,
+                                 judgement.attempts, judgement.raw, conf))
+        return out
+
+
+def test_window_confidence_comes_from_the_deciding_templates():
+    judge = WindowJudge(ConfidentClassifier(), JudgeSettings(), DetectorMetrics())
+    abnormal, normal, mixed = judge.judge([
+        window("a", {"t1": "block received @0.9", "t2": "write failed @0.7", "t3": "read failed @0.8"}),
+        window("b", {"t1": "block received @0.9", "t4": "block sent @0.6"}),
+        window("c", {"t1": "block received @0.9", "t5": "block deleted"}),
+    ])
+    assert (abnormal.label, abnormal.confidence) == ("abnormal", 0.8)  # the clearest anomaly
+    assert (normal.label, normal.confidence) == ("normal", 0.6)  # the least sure normal template
+    assert mixed.confidence is None  # one template without a confidence: no figure for the window
+    (cached,) = judge.judge([window("d", {"t2": "write failed @0.7"})])
+    assert cached.confidence == 0.7  # kept in the template cache
+
+
+def test_window_mode_passes_the_judgements_confidence_through():
+    judge = WindowJudge(ConfidentClassifier(), JudgeSettings(mode=JudgeMode.WINDOW), DetectorMetrics())
+    (j,) = judge.judge([window("a", {"t1": "write failed @0.65"})])
+    assert (j.label, j.confidence) == ("abnormal", 0.65)
+
+
+def test_judging_doctests():
+    import doctest
+
+    import rationanomaly.stream.judging as judging
+
+    result = doctest.testmod(judging)
+    assert result.failed == 0 and result.attempted > 0
