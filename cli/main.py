@@ -62,7 +62,7 @@ def _settings(config: Path | None, flags: dict[str, Any]):
         raise typer.Exit(2) from exc
 
 
-def _common_flags(profile, mode, window, output_format, backend, model, adapter, base_url) -> dict[str, Any]:
+def _common_flags(profile, mode, window, output_format, backend, model, adapter, base_url, decision=None) -> dict[str, Any]:
     return {
         "profile.name": profile,
         "judging.mode": mode,
@@ -72,6 +72,7 @@ def _common_flags(profile, mode, window, output_format, backend, model, adapter,
         "backend.model": model,
         "backend.adapter": adapter,
         "backend.base_url": base_url,
+        "backend.decision": decision,
     }
 
 
@@ -82,6 +83,7 @@ OutFormat = Annotated[Optional[str], typer.Option("--output-format", help="nativ
 BackendKind = Annotated[Optional[str], typer.Option("--backend", help="transformers, openai or vllm")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', a hub id, a path, or the served model name")]
 AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter path, 'default' or 'none'")]
+DecisionOpt = Annotated[Optional[str], typer.Option("--decision", help="auto (rank if the adapter ships decision.json), generate or rank")]
 BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://vllm:8000/v1")]
 
 
@@ -110,6 +112,7 @@ def run(
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
     base_url: BaseUrl = None,
+    decision: DecisionOpt = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Consume log lines from Kafka, publish verdicts with rationales to the output topic."""
@@ -124,7 +127,7 @@ def run(
         "output.exactly_once": exactly_once,
         "checkpoint.dir": checkpoint_dir,
         "metrics.port": metrics_port,
-        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url),
+        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
     }
     settings = _settings(config, flags)
     from rationanomaly.stream.app import Detector, RunLimits
@@ -154,13 +157,14 @@ def replay(
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
     base_url: BaseUrl = None,
+    decision: DecisionOpt = None,
     log_level: LogLevel = "WARNING",
 ) -> None:
     """Run the same pipeline over history: files to JSONL, or a topic range to another topic."""
     configure_logging(log_level)
     flags = {
         "kafka.bootstrap_servers": bootstrap,
-        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url),
+        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
     }
     settings = _settings(config, flags)
     from rationanomaly.stream.replay import replay_files, replay_topic

@@ -70,3 +70,11 @@ def test_a_top_level_that_is_not_a_mapping_is_a_clear_error(tmp_path):
     config.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="mapping of sections"):
         load_settings(config)
+
+
+def test_the_decision_comes_from_environment_or_flags_and_is_checked(monkeypatch):
+    monkeypatch.setenv("RATIONANOMALY_BACKEND__DECISION", "generate")
+    assert load_settings(None).backend.decision == "generate"
+    assert load_settings(None, backend={"decision": "rank"}).backend.decision == "rank"
+    with pytest.raises(ValidationError, match="decision='rank'.*kind='transformers'"):
+        load_settings(None, backend={"decision": "rank", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
