@@ -49,6 +49,9 @@ def test_exactly_once_commits_verdicts_and_offsets_together(kafka_bootstrap, hdf
     verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(reference)))  # read_committed
     assert sorted(v["verdict_id"] for v in verdicts) == sorted(v["verdict_id"] for v in reference)
     assert _committed(kafka_bootstrap, settings.kafka.group_id, logs) == len(values)
+    # The shipped adapter ranks (decision.json): every decided verdict carries its confidence.
+    decided = [v for v in verdicts if v["verdict"] != "unknown"]
+    assert decided and all(0.5 <= v["confidence"] <= 1.0 for v in decided)
 
 
 def _replayed(path, backend, backend_settings, limit: int | None = None, tmp_path=None):
