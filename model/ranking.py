@@ -77,17 +77,20 @@ def confidence(margin: float, threshold: float, label: Label) -> float:
     return 1.0 / (1.0 + math.exp(-distance)) if distance > -700 else 0.0
 
 
-def margins(score: Scorer, conversations: Sequence[Conversation]) -> list[float]:
-    """log p(abnormal answer) − log p(normal answer) for each conversation, in nats.
+def margins(score: Scorer, conversations: Sequence[Conversation],
+            answers: Sequence[dict[Label, str]] | None = None) -> list[float]:
+    """log p(abnormal answer) − log p(normal answer) for each conversation, in nats; `answers`
+    are its `candidates` when the caller already has them.
 
     Raises ValueError for a conversation not rendered by `model.prompt`.
     """
+    if answers is None:
+        answers = [candidates(read_log(conversation)) for conversation in conversations]
     prompts: list[Conversation] = []
     completions: list[str] = []
-    for conversation in conversations:
-        answers = candidates(read_log(conversation))
+    for conversation, pair in zip(conversations, answers, strict=True):
         prompts += [conversation, conversation]
-        completions += [answers["abnormal"], answers["normal"]]
+        completions += [pair["abnormal"], pair["normal"]]
     scores = score(prompts, completions)
     return [scores[2 * k] - scores[2 * k + 1] for k in range(len(conversations))]
 
@@ -156,7 +159,7 @@ class RankingBackend:
         found: dict[int, float] = {}
         if readable:
             try:
-                values = margins(self._score, [batch[i] for i in readable])
+                values = margins(self._score, [batch[i] for i in readable], [answers[i] for i in readable])
                 found = dict(zip(readable, values, strict=True))
             except Exception as error:  # the Protocol forbids raising for a bad request
                 log.exception("rank scoring failed", batch=len(readable))

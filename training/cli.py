@@ -213,7 +213,6 @@ def calibrate_command(
     typer.echo(f"threshold {threshold} nats; train F1 " + ", ".join(f"{d} {f:.3f}" for d, f in f1s.items()) + f" → {path}")
 
 
-
 @app.command("grpo")
 def grpo_command(
     adapter: Path = typer.Option(..., help="SFT adapter to continue."),

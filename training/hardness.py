@@ -15,28 +15,18 @@ forward pass per draft, no sampling, so it costs a fraction of one GRPO step per
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from rationanomaly.model.prompt import completion_text
+from rationanomaly.model.lexicon import has_fault_terms
+from rationanomaly.model.ranking import margins
 from rationanomaly.model.scoring import completion_logprobs
 from rationanomaly.training.data import LogExample, prompt_messages
-from rationanomaly.training.drafts import draft
-from rationanomaly.model.lexicon import has_fault_terms
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
     example: LogExample
     margin: float  # log p(gold-label draft) − log p(opposite-label draft), in nats
-
-
-def _other(label: str) -> str:
-    return "normal" if label == "abnormal" else "abnormal"
-
-
-def _draft_target(example: LogExample, label: str) -> str:
-    """The completion a draft arguing for `label` would be trained as."""
-    return completion_text(draft(replace(example, label=label)).rationale, label)
 
 
 def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> list[LogExample]:
@@ -61,14 +51,14 @@ def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> lis
 
 
 def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Scored]:
-    """Each example with the policy's margin for its gold-label draft over the flipped one."""
-    prompts, completions = [], []
-    for example in examples:
-        messages = prompt_messages(example)
-        prompts += [messages, messages]
-        completions += [_draft_target(example, example.label), _draft_target(example, _other(example.label))]
-    scores = completion_logprobs(model, tokenizer, prompts, completions, batch_size)
-    return [Scored(e, scores[2 * k] - scores[2 * k + 1]) for k, e in enumerate(examples)]
+    """Each example with the policy's margin for its gold-label draft over the flipped one: the
+    rank decision's margin (abnormal over normal), signed by the gold label."""
+
+    def score(prompts, completions):
+        return completion_logprobs(model, tokenizer, prompts, completions, batch_size)
+
+    found = margins(score, [prompt_messages(e) for e in examples])
+    return [Scored(e, m if e.label == "abnormal" else -m) for e, m in zip(examples, found, strict=True)]
 
 
 def hardest(scored: Sequence[Scored], keep: int, max_margin: float) -> list[Scored]:
