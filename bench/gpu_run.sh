@@ -27,6 +27,7 @@ GRPO_PROMPTS=${GRPO_PROMPTS:-8}
 GRPO_LR_A=${GRPO_LR_A:-1e-5}
 GRPO_LR_B=${GRPO_LR_B:-3e-6}
 EVAL_RESERVE_S=${EVAL_RESERVE_S:-90}    # left after GRPO for its evaluation and packing
+GRPO_OPTS=${GRPO_OPTS:-}                # more `grpo` options for both runs (--no-bf16, say)
 START_ADAPTER=${START_ADAPTER:-}        # set: skip throughput and SFT, run GRPO from this adapter
 EVAL_BATCH=${EVAL_BATCH:-256}
 HARD_LIMIT=${HARD_LIMIT:-600}           # prompts scored for GRPO's hard set
@@ -120,8 +121,8 @@ stamp "hard prompts: $(tail -n 1 "$WORK/hard.log")"
 minutes=$(calc "round(($(left) - $EVAL_RESERVE_S) / 60, 2)")
 stamp "GRPO: two learning rates at once, $minutes min each"
 if [ "$(calc "int($minutes > 0.3)")" = 1 ]; then
-  grpo "grpo_lr$GRPO_LR_A" "$WORK/$best/final" "$WORK/hard.jsonl" "$minutes" --learning-rate "$GRPO_LR_A" & a=$!
-  grpo "grpo_lr$GRPO_LR_B" "$WORK/$best/final" "$WORK/hard.jsonl" "$minutes" --learning-rate "$GRPO_LR_B" & b=$!
+  grpo "grpo_lr$GRPO_LR_A" "$WORK/$best/final" "$WORK/hard.jsonl" "$minutes" --learning-rate "$GRPO_LR_A" $GRPO_OPTS & a=$!
+  grpo "grpo_lr$GRPO_LR_B" "$WORK/$best/final" "$WORK/hard.jsonl" "$minutes" --learning-rate "$GRPO_LR_B" $GRPO_OPTS & b=$!
   wait $a $b
 fi
 [ -n "${baseline:-}" ] && wait "$baseline"

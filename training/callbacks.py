@@ -1,9 +1,13 @@
-"""Trainer callbacks shared by SFT and GRPO: a wall-clock budget and a stop on non-finite values.
+"""Trainer callbacks shared by SFT and GRPO: a wall-clock budget and a guard on non-finite values.
 
-Why the second one: a GRPO run in bf16 on a GPU logged `grad_norm: nan` at its 41st step; the
-optimizer step that followed made the LoRA weights NaN and the next rollout's sampling died on
-a device-side assert, losing the run. Stopping at the first non-finite loss or gradient norm
-keeps the last checkpoint usable and `assert_finite` refuses to save a poisoned adapter.
+Why the guard: GRPO runs on a GPU logged `grad_norm: nan` out of nowhere (bf16: step 8 of one
+run, step 17 of another; fp32: step 52 at lr 2e-5), with a finite loss and ordinary gradient
+norms (~0.3) just before — a known, sporadic failure of GRPO with LoRA. The optimizer step that followed
+made the LoRA weights NaN and the run was lost. The guard now drops such an update before the
+optimizer applies it (every trainable gradient set to None, so AdamW skips its parameters), as
+AMP's loss scaler does; training stops, unsaved, only at a non-finite loss or after
+`max_consecutive` skipped updates in a row. `assert_finite` still refuses to save a poisoned
+adapter.
 """
 
 from __future__ import annotations
@@ -60,25 +64,57 @@ def time_budget_callback(minutes: float):
     return TimeBudget()
 
 
-def non_finite_guard():
-    """A callback that stops training, without a save, at the first NaN/inf loss or gradient norm."""
+def non_finite_guard(max_consecutive: int = 3):
+    """A callback that drops updates with NaN/inf gradients, and stops training after
+    `max_consecutive` dropped updates in a row (the weights are still the last good ones, so the
+    trainer may save them) or at a non-finite figure in the log it cannot explain (unsaved)."""
     from transformers import TrainerCallback
 
     class NonFiniteGuard(TrainerCallback):
         def __init__(self) -> None:
             self.tripped_at: int | None = None
+            self.skipped: list[int] = []  # steps (1-based, as logged) whose update was dropped
+            self._run = 0
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            bad = non_finite(logs or {})
-            if bad and self.tripped_at is None:
-                self.tripped_at = state.global_step
-                log.error("train.non_finite", step=state.global_step, figures=bad,
-                          hint="resume from the last checkpoint with a lower learning rate")
-                control.should_training_stop = True
-                control.should_save = False
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            trainable = [p for p in model.parameters() if p.requires_grad and p.grad is not None] if model else []
+            if all(_finite(p.grad) for p in trainable):
+                self._run = 0
+                return control
+            for param in trainable:
+                param.grad = None
+            step = state.global_step + 1
+            self.skipped.append(step)
+            self._run += 1
+            log.warning("train.update_skipped", step=step, reason="non-finite gradient", in_a_row=self._run)
+            if self._run >= max_consecutive:
+                self._trip(state, control, ["grad_norm"], f"{self._run} non-finite gradients in a row", save=True)
             return control
 
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            # The logged grad_norm of an update this guard dropped is NaN by construction.
+            dropped_now = bool(self.skipped) and self.skipped[-1] == state.global_step
+            bad = [k for k in non_finite(logs or {}) if not (k == "grad_norm" and dropped_now)]
+            if bad:
+                self._trip(state, control, bad, "non-finite figures in the log", save=False)
+            return control
+
+        def _trip(self, state, control, figures, why, *, save: bool) -> None:
+            if self.tripped_at is None:
+                self.tripped_at = state.global_step
+                log.error("train.non_finite", step=state.global_step, figures=figures, why=why,
+                          hint="resume from the last checkpoint with a lower learning rate")
+            control.should_training_stop = True
+            if not save:
+                control.should_save = False
+
     return NonFiniteGuard()
+
+
+def _finite(tensor) -> bool:
+    import torch
+
+    return bool(torch.isfinite(tensor).all())
 
 
 def training_callbacks(time_budget_min: float | None) -> list:

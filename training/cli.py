@@ -230,6 +230,7 @@ def grpo_command(
     false_positive: float = typer.Option(-0.5, help="Answer reward for a false alarm."),
     false_negative: float = typer.Option(-1.5, help="Answer reward for a missed anomaly."),
     time_budget_min: float = typer.Option(None),
+    bf16: bool = typer.Option(None, help="bf16 on a GPU (default: when supported); --no-bf16 trains in fp32."),
 ) -> None:
     """GRPO from the SFT adapter with format + answer + think + consistency rewards."""
     from rationanomaly.training.grpo import GRPORun, default_grpo_config, train_grpo
@@ -242,7 +243,8 @@ def grpo_command(
     config = default_grpo_config(output_dir, weights=weights, max_steps=max_steps, learning_rate=learning_rate,
                                  num_generations=num_generations,
                                  per_device_train_batch_size=num_generations * prompts_per_step,
-                                 max_completion_length=max_completion_length)
+                                 max_completion_length=max_completion_length,
+                                 **({} if bf16 is None else {"bf16": bf16}))
     typer.echo(str(train_grpo(run, config)))
 
 
