@@ -44,6 +44,7 @@ class ItemResult:
     latency_s: float
     raw: str | None = None
     lenient: str | None = None  # label read leniently from unparseable text (baseline figures)
+    score: float | None = None  # how abnormal the system finds it (rank decision, TF-IDF); None when it gives none
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class Metrics:
     consistency_rate: float | None  # among valid answers whose stance could be read
     stance_readable_rate: float | None
     mean_latency_s: float
+    auc: float | None = None  # ranking quality of `score`, threshold-free; None without scores or a class
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +101,37 @@ def compute_metrics(items: Sequence[ItemResult]) -> Metrics:
         consistency_rate=sum(bool(i.consistent) for i in readable) / len(readable) if readable else None,
         stance_readable_rate=len(readable) / len(valid) if valid else None,
         mean_latency_s=sum(i.latency_s for i in items) / n if n else 0.0,
+        auc=roc_auc(items),
     )
+
+
+def roc_auc(items: Sequence[ItemResult]) -> float | None:
+    """Area under the ROC curve of the items' scores (abnormal positive): the chance that a random
+    anomaly scores above a random normal item, ties counting half. None unless every item has a
+    score and both labels occur. It says how well a system ranks, whatever its threshold.
+
+    >>> def item(gold, score): return ItemResult("i", "d", gold, "normal", None, None, 0.0, score=score)
+    >>> roc_auc([item("abnormal", 0.9), item("normal", 0.2), item("abnormal", 0.2), item("normal", 0.1)])
+    0.875
+    >>> roc_auc([item("abnormal", 0.9), item("normal", None)]) is None
+    True
+    """
+    if not items or any(i.score is None for i in items):
+        return None
+    ordered = sorted(items, key=lambda i: i.score)
+    positives = sum(i.gold == "abnormal" for i in items)
+    negatives = len(items) - positives
+    if not positives or not negatives:
+        return None
+    rank_sum, start = 0.0, 0
+    while start < len(ordered):  # mid-ranks over runs of equal scores
+        end = start
+        while end + 1 < len(ordered) and ordered[end + 1].score == ordered[start].score:
+            end += 1
+        mid_rank = (start + end) / 2 + 1
+        rank_sum += mid_rank * sum(i.gold == "abnormal" for i in ordered[start : end + 1])
+        start = end + 1
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 # --- judging -------------------------------------------------------------------------------
@@ -131,9 +163,21 @@ def judge_examples(examples: Sequence[LogExample], classifier: Any, batch_size: 
                 latency_s=per_item,
                 raw=judgement.raw,
                 lenient=judgement.label if judgement.label != "unknown" else lenient_label(judgement.raw),
+                score=abnormality(judgement.label, judgement.confidence),
             )
         log.info("eval.progress", done=min(start + chunk, len(order)), total=len(order))
     return [r for r in results if r is not None]
+
+
+def abnormality(label: str, confidence: float | None) -> float | None:
+    """The backend's confidence in its label as a score for `abnormal` (None without one).
+
+    >>> abnormality("abnormal", 0.9), round(abnormality("normal", 0.9), 3), abnormality("unknown", 0.9)
+    (0.9, 0.1, None)
+    """
+    if confidence is None or label not in ("normal", "abnormal"):
+        return None
+    return confidence if label == "abnormal" else 1.0 - confidence
 
 
 def lenient_label(raw: str | None) -> str:
@@ -187,6 +231,8 @@ def sessions_by_template_rule(sessions: Sequence[LogExample], classifier: Any, b
                 rationale=flagged[0].rationale if flagged else None,
                 consistent=all(p.consistent is not False for p in parts) if parts else None,
                 latency_s=sum(p.latency_s for p in parts),
+                # The rule's own order: a session is as abnormal as its most abnormal template.
+                score=max(p.score for p in parts) if parts and all(p.score is not None for p in parts) else None,
             )
         )
     return results, judged
@@ -210,11 +256,12 @@ def tfidf_baseline(train: Sequence[LogExample], test: Sequence[LogExample]) -> l
     )
     pipeline.fit([e.source for e in train], [e.label == "abnormal" for e in train])
     started = time.perf_counter()
-    predicted = pipeline.predict([e.source for e in test])
+    probability = pipeline.predict_proba([e.source for e in test])[:, list(pipeline.classes_).index(True)]
     per_item = (time.perf_counter() - started) / max(len(test), 1)
     return [
-        ItemResult(e.example_id, e.provenance.dataset, e.label, "abnormal" if p else "normal", None, None, per_item)
-        for e, p in zip(test, predicted, strict=True)
+        ItemResult(e.example_id, e.provenance.dataset, e.label, "abnormal" if p > 0.5 else "normal", None, None,
+                   per_item, score=float(p))
+        for e, p in zip(test, probability, strict=True)
     ]
 
 

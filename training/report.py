@@ -23,8 +23,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"recall {_fmt(report['recall'])}, F1 {_fmt(report['f1'])} "
         f"(prompt {report.get('prompt_version')}, max_new_tokens {report.get('max_new_tokens')}).",
         "",
-        "| file | level | system | n | P | R | F1 | F1 lenient | TP | FP | FN | TN | format-valid | consistent | latency s/item |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| file | level | system | n | P | R | F1 | F1 lenient | AUC | TP | FP | FN | TN | format-valid | consistent | latency s/item |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["sections"]:
         lines.append(
@@ -33,7 +33,7 @@ def markdown(report: dict[str, Any]) -> str:
                 _fmt(v)
                 for v in (
                     s["file"], s["level"], s["system"], s["n"], s["precision"], s["recall"], s["f1"],
-                    s.get("f1_lenient"), s["tp"], s["fp"], s["fn"], s["tn"], s["format_valid_rate"],
+                    s.get("f1_lenient"), s.get("auc"), s["tp"], s["fp"], s["fn"], s["tn"], s["format_valid_rate"],
                     s["consistency_rate"], s["mean_latency_s"],
                 )
             )
@@ -43,7 +43,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Positive class: abnormal. An unparseable answer counts as not flagged (strict); "
         "'F1 lenient' reads such answers from an `<answer>` tag or the text's stance instead. "
-        "'consistent': share of valid answers whose rationale argues for the same label.",
+        "'consistent': share of valid answers whose rationale argues for the same label. "
+        "'AUC': how well the system's abnormality score ranks anomalies above normal items, "
+        "whatever the threshold (rank decision: its confidence; TF-IDF: its probability; "
+        "session rule: the most abnormal template; – where a system gives no score).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rationanomaly.training.data import load_split
-from rationanomaly.training.evaluate import ItemResult, compute_metrics, lenient_label, tfidf_baseline
+from rationanomaly.training.evaluate import ItemResult, abnormality, compute_metrics, lenient_label, roc_auc, tfidf_baseline
 
 
 def item(gold: str, predicted: str, consistent: bool | None = True) -> ItemResult:
@@ -30,7 +30,35 @@ def test_lenient_label() -> None:
     assert lenient_label("r16=0x1") == "unknown"
 
 
+def scored(gold: str, score: float | None) -> ItemResult:
+    return ItemResult("i", "d", gold, "normal", None, None, 0.0, score=score)
+
+
+def test_auc_against_a_count_of_ordered_pairs() -> None:
+    golds = ["abnormal", "normal", "abnormal", "normal", "normal", "abnormal", "normal"]
+    scores = [0.9, 0.8, 0.8, 0.3, 0.1, 0.05, 0.05]
+    items = [scored(g, s) for g, s in zip(golds, scores)]
+    pos = [s for g, s in zip(golds, scores) if g == "abnormal"]
+    neg = [s for g, s in zip(golds, scores) if g == "normal"]
+    by_hand = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+    assert roc_auc(items) == by_hand == (4 + 3.5 + 0.5) / 12
+    assert compute_metrics(items).auc == by_hand
+    assert roc_auc([scored("abnormal", s) for s in (0.1, 0.9)]) is None  # one class: undefined
+    assert compute_metrics([item("abnormal", "abnormal")]).auc is None  # a generated answer has no score
+
+
+def test_abnormality_turns_a_confidence_in_either_label_into_one_order() -> None:
+    # The rank decision's confidence is a logistic of margin − threshold for the chosen label, so
+    # the two labels' confidences map onto one increasing score of the margin.
+    assert abnormality("abnormal", 0.8) == 0.8 and abs(abnormality("normal", 0.8) - 0.2) < 1e-12
+    assert abnormality("abnormal", 0.6) > abnormality("normal", 0.6) > abnormality("normal", 0.9)
+    assert abnormality("unknown", 0.9) is None and abnormality("normal", None) is None
+
+
 def test_tfidf_baseline_beats_chance_on_bgl_dev() -> None:
     items = tfidf_baseline(load_split("bgl_train"), load_split("bgl_dev"))
     m = compute_metrics(items)
     assert m.n == 265 and m.f1 > 0.3
+    assert all(0.0 <= i.score <= 1.0 for i in items)
+    assert all((i.predicted == "abnormal") == (i.score > 0.5) for i in items)
+    assert m.auc is not None and m.auc > 0.9

@@ -11,7 +11,7 @@ from rationanomaly.training.evaluate import EvalRequest, run_evaluation, write_r
 pytestmark = pytest.mark.slow
 
 
-def test_eval_metrics_match_hand_computation(tmp_path) -> None:
+def _small_file(tmp_path):
     source = data_dir() / "templates" / "spirit_dev.jsonl"
     lines = source.read_bytes().splitlines()
     # 12 templates with both classes present (abnormal ones are rare at the top of the file).
@@ -19,6 +19,11 @@ def test_eval_metrics_match_hand_computation(tmp_path) -> None:
     normal = [l for l in lines if orjson.loads(l)["label"] == "normal"][:8]
     data = tmp_path / "spirit_small.jsonl"
     data.write_bytes(b"\n".join(abnormal + normal) + b"\n")
+    return data
+
+
+def test_eval_metrics_match_hand_computation(tmp_path) -> None:
+    data = _small_file(tmp_path)
     request = EvalRequest(data=(data,), model="base", baselines=("tfidf",), max_new_tokens=48)
     report = run_evaluation(request, items_path=tmp_path / "items.jsonl")
     written = write_report(report, tmp_path / "report.json")
@@ -39,3 +44,20 @@ def test_eval_metrics_match_hand_computation(tmp_path) -> None:
     section = next(s for s in report["sections"] if s["system"] == "model")
     assert section["format_valid_rate"] == pytest.approx(valid)
     assert next(s for s in report["sections"] if s["system"] == "tfidf")["n"] == 12
+
+
+def test_rank_decision_report_carries_an_auc_of_its_scores(tmp_path) -> None:
+    data = _small_file(tmp_path)
+    request = EvalRequest(data=(data,), model="default", baselines=("tfidf",), decision="rank")
+    report = run_evaluation(request, items_path=tmp_path / "items.jsonl")
+    items = [orjson.loads(l) for l in (tmp_path / "items.jsonl").read_bytes().splitlines()]
+    for system in ("model", "tfidf"):
+        mine = [i for i in items if i["system"] == system]
+        # Each item's score puts it on the side of 0.5 its verdict says.
+        assert all((i["predicted"] == "abnormal") == (i["score"] > 0.5) for i in mine)
+        pos = [i["score"] for i in mine if i["gold"] == "abnormal"]
+        neg = [i["score"] for i in mine if i["gold"] == "normal"]
+        by_hand = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg) / (len(pos) * len(neg))
+        section = next(s for s in report["sections"] if s["system"] == system)
+        assert section["auc"] == pytest.approx(by_hand)
+    assert "| AUC |" in (write_report(report, tmp_path / "report.json")[1]).read_text()
