@@ -113,7 +113,8 @@ def main() -> None:
             s_tr = a * z(m_tr, m_tr) + (1 - a) * z(logit(p_tr), logit(p_tr))
             s_dev = a * z(m_dev, m_tr) + (1 - a) * z(logit(p_dev), logit(p_tr))
             chosen = max(np.unique(s_tr), key=lambda t: f1(y_tr, s_tr > t, w_tr))
-            print(f"  ensemble {a:.1f}  dev AUC {auc(gold, s_dev):.3f}  F1 at train threshold {f1(gold, s_dev > chosen):.3f}"
+            print(f"  ensemble {a:.1f}  dev AUC {auc(gold, s_dev):.3f}"
+                  f"  F1 at train threshold {f1(gold, s_dev > chosen):.3f}"
                   f"  ceiling (dev-chosen) {ceiling(gold, s_dev):.3f}")
 
 

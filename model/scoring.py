@@ -80,7 +80,8 @@ def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Conversati
                 cache = copy.deepcopy(prefix_cache)  # a forward appends to the cache it is given
                 cache.batch_repeat_interleave(len(chunk))
                 extra = {cache_arg: cache, "use_cache": True}
-            hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).last_hidden_state
+            out = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra)
+            hidden = out.last_hidden_state
             for row, i in enumerate(chunk):
                 tokens, prompt_len = rows[i]
                 # The state at position t predicts token t + 1; hidden starts at position `prefix`.

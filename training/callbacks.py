@@ -2,12 +2,13 @@
 
 Why the guard: GRPO runs on a GPU logged `grad_norm: nan` out of nowhere (bf16: step 8 of one
 run, step 17 of another; fp32: step 52 at lr 2e-5), with a finite loss and ordinary gradient
-norms (~0.3) just before — a known, sporadic failure of GRPO with LoRA. The optimizer step that followed
-made the LoRA weights NaN and the run was lost. The guard now drops such an update before the
-optimizer applies it (every trainable gradient set to None, so AdamW skips its parameters), as
-AMP's loss scaler does; training stops, unsaved, only at a non-finite loss or after
-`max_consecutive` skipped updates in a row. `assert_finite` still refuses to save a poisoned
-adapter.
+norms (~0.3) just before — a known, sporadic failure of GRPO with LoRA. The optimizer step
+that followed made the LoRA weights NaN and the run was lost. The guard now drops such an
+update before the optimizer applies it (every trainable gradient set to None, so AdamW skips
+its parameters), as AMP's loss scaler does. Training stops after `max_consecutive` dropped
+updates in a row (the weights are still the last good ones, so a save is allowed) or, unsaved,
+at a non-finite figure in the log that no dropped update explains. `assert_finite` still
+refuses to save a poisoned adapter.
 """
 
 from __future__ import annotations

@@ -47,9 +47,9 @@ def test_an_update_with_nan_gradients_is_dropped_before_the_optimizer_step() -> 
     before = [p.detach().clone() for p in layer.parameters()]
     _poison(layer)
     assert not torch.isfinite(layer.weight.grad).all() and torch.isfinite(layer.bias.grad).all()
-    guard, args, state, control = non_finite_guard(), TrainingArguments(output_dir="unused", report_to=[]), TrainerState(), TrainerControl()
-    state.global_step = 7
-    guard.on_pre_optimizer_step(args, state, control, model=layer)
+    guard, control = non_finite_guard(), TrainerControl()
+    args = TrainingArguments(output_dir="unused", report_to=[])
+    guard.on_pre_optimizer_step(args, _at(7), control, model=layer)
     optimizer.step()
     # The whole update goes, the bias's finite gradient too: half an update is not the one computed.
     assert all(p.grad is None for p in layer.parameters())
