@@ -30,28 +30,28 @@ import numpy as np  # noqa: E402
 
 from rationanomaly.model.loading import load_causal_lm  # noqa: E402
 from rationanomaly.model.ranking import load_threshold, margins  # noqa: E402
-from rationanomaly.model.scoring import completion_logprobs  # noqa: E402
-from rationanomaly.training.calibrate import Scored, best_threshold  # noqa: E402
-from rationanomaly.training.calibrate import calibration_sample  # noqa: E402
+from rationanomaly.model.scoring import scorer  # noqa: E402
+from rationanomaly.training.calibrate import Scored, best_threshold, calibration_sample, score_sample, weighted_f1  # noqa: E402
 from rationanomaly.training.data import load_split, prompt_messages  # noqa: E402
+from rationanomaly.training.evaluate import auc  # noqa: E402
 
 DATASETS = ("bgl", "spirit")
 
 
-def f1(gold: np.ndarray, flagged: np.ndarray, weight: np.ndarray | None = None) -> float:
-    w = np.ones(len(gold)) if weight is None else weight
-    tp, fp, fn = (w * (gold & flagged)).sum(), (w * (~gold & flagged)).sum(), (w * (gold & ~flagged)).sum()
-    return float(2 * tp / (2 * tp + fp + fn)) if tp else 0.0
+def scored(dataset: str, golds, values, weights=None) -> list[Scored]:
+    weights = np.ones(len(golds)) if weights is None else weights
+    return [Scored(dataset, "abnormal" if g else "normal", float(v), float(w)) for g, v, w in zip(golds, values, weights)]
 
 
-def auc(gold: np.ndarray, score: np.ndarray) -> float:
-    pos, neg = score[gold], score[~gold]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+def ceiling(items: list[Scored]) -> float:
+    """The best F1 over every threshold (chosen on the items themselves)."""
+    return max(weighted_f1(items, t) for t in [-np.inf, *sorted({s.margin for s in items})])
 
 
-def ceiling(gold: np.ndarray, score: np.ndarray) -> float:
-    return max(f1(gold, score > t) for t in np.concatenate([[-np.inf], np.unique(score)]))
+def report(name: str, dev: list[Scored], threshold: float) -> str:
+    value = auc([(s.gold == "abnormal", s.margin) for s in dev])
+    return (f"  {name:<13} dev AUC {value:.3f}  F1 at train threshold {weighted_f1(dev, threshold):.3f}"
+            f"  ceiling (dev-chosen) {ceiling(dev):.3f}")
 
 
 def tfidf_scores(train, dev) -> tuple[np.ndarray, np.ndarray]:
@@ -83,39 +83,36 @@ def main() -> None:
     if threshold is None:
         sys.exit(f"{args.adapter} has no decision.json; run `calibrate` first")
     model, tokenizer = load_causal_lm("default", args.adapter, device="auto")
-
-    def score(prompts, completions):
-        return completion_logprobs(model, tokenizer, prompts, completions, args.batch_size)
+    score = scorer(model, tokenizer, args.batch_size)
 
     train_all = {d: load_split(f"{d}_train") for d in DATASETS}
     sample = calibration_sample([e for d in DATASETS for e in train_all[d]], 300, 0, None)
-    train_margin = margins(score, [prompt_messages(e) for e, _ in sample])
+    train_scored = score_sample(score, sample)
     print(f"adapter {args.adapter}; calibrated threshold {threshold}")
     for d in DATASETS:
-        dev = load_split(f"{d}_dev")
-        gold = np.array([e.label == "abnormal" for e in dev])
-        m_dev = np.array(margins(score, [prompt_messages(e) for e in dev]))
-        rows = [(e, w, m) for (e, w), m in zip(sample, train_margin, strict=True) if e.provenance.dataset == d]
-        y_tr = np.array([e.label == "abnormal" for e, _, _ in rows])
-        w_tr = np.array([w for _, w, _ in rows])
-        m_tr = np.array([m for _, _, m in rows])
-        own, _ = best_threshold([Scored(d, e.label, m, w) for e, w, m in rows])
+        dev_examples = load_split(f"{d}_dev")
+        gold = np.array([e.label == "abnormal" for e in dev_examples])
+        m_dev = np.array(margins(score, [prompt_messages(e) for e in dev_examples]))
+        rows = [(e, s) for (e, _), s in zip(sample, train_scored, strict=True) if e.provenance.dataset == d]
+        train = [s for _, s in rows]
+        own, _ = best_threshold(train)
+        dev = scored(d, gold, m_dev)
         print(f"\n{d}: {len(dev)} dev templates, {int(gold.sum())} abnormal")
-        print(f"  margin        dev AUC {auc(gold, m_dev):.3f}  F1 at calibrated {f1(gold, m_dev > threshold):.3f}"
-              f"  at own train threshold {f1(gold, m_dev > own):.3f}  ceiling (dev-chosen) {ceiling(gold, m_dev):.3f}")
+        print(report("margin", dev, threshold) + f"  at own train threshold {weighted_f1(dev, own):.3f}")
 
-        cv, p_dev = tfidf_scores(train_all[d], dev)
+        cv, p_dev = tfidf_scores(train_all[d], dev_examples)
         by_id = {e.example_id: p for e, p in zip(train_all[d], cv, strict=True)}
-        p_tr = np.array([by_id[e.example_id] for e, _, _ in rows])
+        p_tr = np.array([by_id[e.example_id] for e, _ in rows])
+        m_tr = np.array([s.margin for s in train])
+        y_tr = np.array([s.gold == "abnormal" for s in train])
+        w_tr = np.array([s.weight for s in train])
         logit = lambda p: np.log(np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6)))  # noqa: E731
         z = lambda v, ref: (v - ref.mean()) / ref.std()  # noqa: E731
         for a in (0.3, 0.5, 0.7):
             s_tr = a * z(m_tr, m_tr) + (1 - a) * z(logit(p_tr), logit(p_tr))
             s_dev = a * z(m_dev, m_tr) + (1 - a) * z(logit(p_dev), logit(p_tr))
-            chosen = max(np.unique(s_tr), key=lambda t: f1(y_tr, s_tr > t, w_tr))
-            print(f"  ensemble {a:.1f}  dev AUC {auc(gold, s_dev):.3f}"
-                  f"  F1 at train threshold {f1(gold, s_dev > chosen):.3f}"
-                  f"  ceiling (dev-chosen) {ceiling(gold, s_dev):.3f}")
+            chosen, _ = best_threshold(scored(d, y_tr, s_tr, w_tr))
+            print(report(f"ensemble {a:.1f}", scored(d, gold, s_dev), chosen))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     .venv/bin/python bench/rank_speed.py [--templates 96] [--batch-size 16] [--repeats 2]
 
 Scores the two grounded answers of the first N Spirit dev templates with the shipped adapter,
-alternating the two paths (`model.scoring.completion_logprobs(share_prefix=…)`), and prints
+alternating the two paths (`model.scoring.scorer(share_prefix=…)`), and prints
 templates/s for each, the best-of ratio, and the largest margin difference (should be ~1e-4).
 Prints figures; asserts nothing.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from rationanomaly.model.loading import load_causal_lm  # noqa: E402
 from rationanomaly.model.ranking import margins  # noqa: E402
-from rationanomaly.model.scoring import completion_logprobs  # noqa: E402
+from rationanomaly.model.scoring import scorer  # noqa: E402
 from rationanomaly.training.data import load_split, prompt_messages  # noqa: E402
 
 
@@ -40,9 +40,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for share in (False, True):
             started = time.perf_counter()
-            found[share] = margins(
-                lambda p, c: completion_logprobs(model, tokenizer, p, c, args.batch_size, share_prefix=share),
-                conversations)
+            found[share] = margins(scorer(model, tokenizer, args.batch_size, share_prefix=share), conversations)
             seconds[share].append(time.perf_counter() - started)
             print(f"share_prefix={share!s:5}  {len(conversations)} templates in {seconds[share][-1]:6.1f} s"
                   f"  = {len(conversations) / seconds[share][-1]:.2f} templates/s", flush=True)

@@ -13,8 +13,8 @@ The threshold corrects the model's prior (training over-sampled anomalies, and t
 differ in length); `training.calibrate` picks it on train splits and saves it beside the adapter
 in `decision.json`, which `decision="auto"` reads. The published rationale is the draft the model
 chose: grounded in the input by construction (`model.drafts`) and consistent with its answer.
-It costs two teacher-forced passes per input, no sampling, on a backend that exposes scores
-(in-process transformers).
+It costs two teacher-forced passes per input (the system prompt they share runs once,
+`model.scoring`), no sampling, on a backend that exposes scores (in-process transformers).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ that shared prefix runs once and its key/value cache is reused by every batch.
 from __future__ import annotations
 
 import copy
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 Conversation = list[dict[str, str]]
@@ -90,6 +91,12 @@ def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Conversati
                 targets = torch.tensor(tokens[prompt_len:], device=logprobs.device)
                 scores[i] = float(logprobs.gather(1, targets[:, None]).sum())
     return scores
+
+
+def scorer(model: Any, tokenizer: Any, batch_size: int = 16,
+           share_prefix: bool = True) -> Callable[[Sequence[Conversation], Sequence[str]], list[float]]:
+    """`completion_logprobs` bound to one model: the scorer `model.ranking.margins` takes."""
+    return functools.partial(completion_logprobs, model, tokenizer, batch_size=batch_size, share_prefix=share_prefix)
 
 
 def _cache_argument(decoder: Any) -> str:

@@ -14,7 +14,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rationanomaly.training.data import LogExample
+from rationanomaly.model.ranking import Scorer, margins
+from rationanomaly.training.data import LogExample, prompt_messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +92,9 @@ def calibration_sample(examples: Sequence[LogExample], normal_per_dataset: int, 
         sample += [(e, len(abnormal) / len(caught)) for e in caught]
         sample += [(e, len(normal) / len(kept)) for e in kept]
     return sample
+
+
+def score_sample(score: Scorer, sample: Sequence[tuple[LogExample, float]]) -> list[Scored]:
+    """The rank decision's margin for each (example, weight) of a calibration sample."""
+    values = margins(score, [prompt_messages(e) for e, _ in sample])
+    return [Scored(e.provenance.dataset, e.label, m, w) for (e, w), m in zip(sample, values, strict=True)]

@@ -191,20 +191,15 @@ def calibrate_command(
 ) -> None:
     """Pick the rank decision's threshold on train splits and save it beside the adapter."""
     from rationanomaly.model.loading import load_causal_lm
-    from rationanomaly.model.ranking import margins, save_threshold
-    from rationanomaly.model.scoring import completion_logprobs
-    from rationanomaly.training.calibrate import Scored, best_threshold, calibration_sample, f1_by_dataset
-    from rationanomaly.training.data import load_split, prompt_messages
+    from rationanomaly.model.ranking import save_threshold
+    from rationanomaly.model.scoring import scorer
+    from rationanomaly.training.calibrate import best_threshold, calibration_sample, f1_by_dataset, score_sample
+    from rationanomaly.training.data import load_split
 
     names = _splits(splits)
     sample = calibration_sample([e for s in names for e in load_split(s)], normal_per_dataset, seed, abnormal_per_dataset)
     model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
-
-    def score(prompts, completions):
-        return completion_logprobs(model, tokenizer, prompts, completions, batch_size)
-
-    values = margins(score, [prompt_messages(e) for e, _ in sample])
-    scored = [Scored(e.provenance.dataset, e.label, m, w) for (e, w), m in zip(sample, values, strict=True)]
+    scored = score_sample(scorer(model, tokenizer, batch_size), sample)
     threshold, f1s = best_threshold(scored)
     path = save_threshold(adapter, threshold, calibrated_on=names, scored=len(scored),
                           normal_per_dataset=normal_per_dataset, abnormal_per_dataset=abnormal_per_dataset, seed=seed,

@@ -118,18 +118,26 @@ def roc_auc(items: Sequence[ItemResult]) -> float | None:
     """
     if not items or any(i.score is None for i in items):
         return None
-    ordered = sorted(items, key=lambda i: i.score)
-    positives = sum(i.gold == "abnormal" for i in items)
-    negatives = len(items) - positives
+    return auc([(i.gold == "abnormal", i.score) for i in items])
+
+
+def auc(scored: Sequence[tuple[bool, float]]) -> float | None:
+    """AUC of (is positive, score) pairs by mid-ranks (Mann–Whitney); None without both classes.
+
+    >>> auc([(True, 0.9), (False, 0.2), (True, 0.2), (False, 0.1)])
+    0.875
+    """
+    ordered = sorted(scored, key=lambda pair: pair[1])
+    positives = sum(positive for positive, _ in scored)
+    negatives = len(scored) - positives
     if not positives or not negatives:
         return None
     rank_sum, start = 0.0, 0
     while start < len(ordered):  # mid-ranks over runs of equal scores
         end = start
-        while end + 1 < len(ordered) and ordered[end + 1].score == ordered[start].score:
+        while end + 1 < len(ordered) and ordered[end + 1][1] == ordered[start][1]:
             end += 1
-        mid_rank = (start + end) / 2 + 1
-        rank_sum += mid_rank * sum(i.gold == "abnormal" for i in ordered[start : end + 1])
+        rank_sum += ((start + end) / 2 + 1) * sum(positive for positive, _ in ordered[start : end + 1])
         start = end + 1
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from rationanomaly.model.lexicon import has_fault_terms
 from rationanomaly.model.ranking import margins
-from rationanomaly.model.scoring import completion_logprobs
+from rationanomaly.model.scoring import scorer
 from rationanomaly.training.data import LogExample, prompt_messages
 
 
@@ -53,11 +53,7 @@ def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> lis
 def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Scored]:
     """Each example with the policy's margin for its gold-label draft over the flipped one: the
     rank decision's margin (abnormal over normal), signed by the gold label."""
-
-    def score(prompts, completions):
-        return completion_logprobs(model, tokenizer, prompts, completions, batch_size)
-
-    found = margins(score, [prompt_messages(e) for e in examples])
+    found = margins(scorer(model, tokenizer, batch_size), [prompt_messages(e) for e in examples])
     return [Scored(e, m if e.label == "abnormal" else -m) for e, m in zip(examples, found, strict=True)]
 
 
