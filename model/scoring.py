@@ -60,7 +60,7 @@ def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Conversati
     with torch.inference_mode():
         prefix = shared_prefix_length(rows) if share_prefix else 0
         prefix_cache = None
-        cache_arg = _cache_argument(decoder)
+        cache_arg = cache_argument(decoder)
         if prefix:
             start_ids = torch.tensor([rows[0][0][:prefix]], device=model.device)
             out = decoder(input_ids=start_ids, use_cache=True)
@@ -99,7 +99,7 @@ def scorer(model: Any, tokenizer: Any, batch_size: int = 16,
     return functools.partial(completion_logprobs, model, tokenizer, batch_size=batch_size, share_prefix=share_prefix)
 
 
-def _cache_argument(decoder: Any) -> str:
+def cache_argument(decoder: Any) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); the old name goes in 5.40."""
     import inspect
 

@@ -208,6 +208,32 @@ def calibrate_command(
     typer.echo(f"threshold {threshold} nats; train F1 " + ", ".join(f"{d} {f:.3f}" for d, f in f1s.items()) + f" → {path}")
 
 
+@app.command("margin")
+def margin_command(
+    adapter: Path = typer.Option(..., help="SFT adapter to continue."),
+    output_dir: Path = typer.Option(Path("runs/margin")),
+    model: str = typer.Option(None),
+    splits: str = typer.Option(_SPLITS),
+    epochs: int = typer.Option(3),
+    batch_size: int = typer.Option(8),
+    learning_rate: float = typer.Option(1e-4),
+    normal_per_abnormal: float = typer.Option(3.0, help="Normal examples sampled per abnormal one, per dataset and epoch."),
+    abnormal_weight: float = typer.Option(1.5, help="Loss weight of an abnormal example (a missed anomaly costs most)."),
+    nll_weight: float = typer.Option(0.1, help="Weight of the gold answer's likelihood term."),
+    holdout: float = typer.Option(0.2, help="Stratified share of the train splits kept out to calibrate on."),
+    time_budget_min: float = typer.Option(None),
+    seed: int = typer.Option(0),
+) -> None:
+    """Decision tuning: fit the rank decision's margin (gold vs flipped draft), calibrate on a held-out share."""
+    from rationanomaly.training.margin import MarginRun, train_margin
+
+    run = MarginRun(adapter=str(adapter), output_dir=output_dir, model=model, splits=_splits(splits), epochs=epochs,
+                    batch_size=batch_size, learning_rate=learning_rate, normal_per_abnormal=normal_per_abnormal,
+                    abnormal_weight=abnormal_weight, nll_weight=nll_weight, holdout=holdout,
+                    time_budget_min=time_budget_min, seed=seed)
+    typer.echo(str(train_margin(run)))
+
+
 @app.command("grpo")
 def grpo_command(
     adapter: Path = typer.Option(..., help="SFT adapter to continue."),

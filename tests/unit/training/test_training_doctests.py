@@ -13,6 +13,7 @@ MODULES = [
     "rationanomaly.training.hardness",
     "rationanomaly.training.callbacks",
     "rationanomaly.training.calibrate",
+    "rationanomaly.training.margin",
 ]
 
 
