@@ -112,9 +112,11 @@ def test_vllm_serves_the_adapter_under_the_name_the_detector_asks_for(compose):
     assert "--enable-lora" in cmd
     name, path = cmd[cmd.index("--lora-modules") + 1].split("=", 1)
     assert name == DETECTOR_ENV["RATIONANOMALY_BACKEND__MODEL"]
-    # The adapter path inside the container is a mounted volume of the repository's adapter.
+    # The adapter path inside the container is a mounted volume of the repository's adapter for
+    # generation (a server decodes; the default adapter is tuned for the rank decision).
     mounts = {v.split(":")[1]: v.split(":")[0] for v in vllm["volumes"]}
-    assert mounts[path] == "./model/adapters/rationanomaly-smollm2"
+    assert mounts[path] == "./model/adapters/rationanomaly-smollm2-generate"
+    assert (REPO / mounts[path] / "adapter_model.safetensors").is_file()
     port = int(cmd[cmd.index("--port") + 1])
     assert urlparse(DETECTOR_ENV["RATIONANOMALY_BACKEND__BASE_URL"]).port == port
     devices = vllm["deploy"]["resources"]["reservations"]["devices"]
