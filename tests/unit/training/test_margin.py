@@ -153,3 +153,27 @@ def test_margin_smoke_saves_a_calibrated_adapter(data_dir, tmp_path) -> None:
     after = load_file(str(final / "adapter_model.safetensors"))
     assert before.keys() == after.keys()
     assert any(not before[k].equal(after[k]) for k in before), "two steps moved the adapter"
+
+
+@pytest.mark.slow
+def test_non_finite_updates_are_dropped_and_three_in_a_row_stop_the_run(data_dir, tmp_path, monkeypatch) -> None:
+    """A NaN loss cannot be produced on demand by the real model: the batch loss is poisoned."""
+    from safetensors.torch import load_file
+
+    import rationanomaly.training.margin as margin
+
+    real = margin.batch_loss
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(margin, "batch_loss", poisoned)
+    spirit = load_split("spirit_train", data_dir)
+    examples = [e for e in spirit if e.label == "abnormal"][:8] + [e for e in spirit if e.label == "normal"][:16]
+    run = MarginRun(adapter=SHIPPED, output_dir=tmp_path, epochs=2, batch_size=2, holdout=0.25, warmup_steps=0)
+    final = margin.train_margin(run, examples)
+    before = load_file(f"{SHIPPED}/adapter_model.safetensors")
+    after = load_file(str(final / "adapter_model.safetensors"))
+    assert all(before[k].equal(after[k]) for k in before), "no poisoned update reached the weights"
+    assert not (tmp_path / "epoch-2").exists(), "three dropped updates in a row end the run in epoch 1"
