@@ -47,42 +47,57 @@ def shared_prefix_length(rows: Sequence[tuple[list[int], int]], minimum: int = 8
     return length if length >= minimum else 0
 
 
+def prefix_cache(model: Any, tokens: Sequence[int]) -> Any:
+    """The key/value cache of one run of `tokens` (the prefix rows share); gradients flow
+    through it when they are enabled."""
+    import torch
+
+    decoder = model.get_decoder()
+    out = decoder(input_ids=torch.tensor([list(tokens)], device=model.device), use_cache=True)
+    name = cache_argument(decoder)
+    return out[name] if name in out else out[1]
+
+
+def rows_hidden(model: Any, tokenizer: Any, rows: Sequence[tuple[list[int], int]], prefix: int = 0,
+                cache: Any = None) -> Any:
+    """Last hidden states of the rows after their first `prefix` tokens, right-padded; position
+    j of a row's states is its token `prefix + j`. `cache` holds those `prefix` tokens (one row,
+    from `prefix_cache`) and is used up: it is widened to the batch and a forward appends to it."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    decoder = model.get_decoder()
+    width = max(len(tokens) for tokens, _ in rows) - prefix
+    # Right padding: a causal model's states at real positions never see the pads.
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), prefix + width), dtype=torch.long)
+    mask[:, :prefix] = 1
+    for row, (tokens, _) in enumerate(rows):
+        ids[row, : len(tokens) - prefix] = torch.tensor(tokens[prefix:])
+        mask[row, prefix : len(tokens)] = 1
+    extra: dict[str, Any] = {}
+    if cache is not None:
+        cache.batch_repeat_interleave(len(rows))
+        extra = {cache_argument(decoder): cache, "use_cache": True}
+    return decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).last_hidden_state
+
+
 def completion_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Conversation], completions: Sequence[str],
                         batch_size: int = 16, share_prefix: bool = True) -> list[float]:
     """Sum of the completion tokens' log-probabilities (nats) after each chat prompt."""
     import torch
 
     rows = encode_pairs(tokenizer, prompts, completions)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    head = model.get_output_embeddings()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths, less padding
     scores = [0.0] * len(rows)
     with torch.inference_mode():
         prefix = shared_prefix_length(rows) if share_prefix else 0
-        prefix_cache = None
-        cache_arg = cache_argument(decoder)
-        if prefix:
-            start_ids = torch.tensor([rows[0][0][:prefix]], device=model.device)
-            out = decoder(input_ids=start_ids, use_cache=True)
-            prefix_cache = out[cache_arg] if cache_arg in out else out[1]
+        shared = prefix_cache(model, rows[0][0][:prefix]) if prefix else None
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(rows[i][0]) for i in chunk) - prefix
-            # Right padding: a causal model's states at real positions never see the pads.
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), prefix + width), dtype=torch.long)
-            mask[:, :prefix] = 1
-            for row, i in enumerate(chunk):
-                tokens = rows[i][0][prefix:]
-                ids[row, : len(tokens)] = torch.tensor(tokens)
-                mask[row, prefix : prefix + len(tokens)] = 1
-            extra: dict[str, Any] = {}
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)  # a forward appends to the cache it is given
-                cache.batch_repeat_interleave(len(chunk))
-                extra = {cache_arg: cache, "use_cache": True}
-            out = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra)
-            hidden = out.last_hidden_state
+            hidden = rows_hidden(model, tokenizer, [rows[i] for i in chunk], prefix,
+                                 copy.deepcopy(shared) if shared is not None else None)
             for row, i in enumerate(chunk):
                 tokens, prompt_len = rows[i]
                 # The state at position t predicts token t + 1; hidden starts at position `prefix`.
@@ -101,6 +116,11 @@ def scorer(model: Any, tokenizer: Any, batch_size: int = 16,
 
 def cache_argument(decoder: Any) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); the old name goes in 5.40."""
+    return _cache_argument_of(type(decoder))
+
+
+@functools.cache
+def _cache_argument_of(decoder_class: type) -> str:
     import inspect
 
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"

@@ -138,29 +138,13 @@ def answer_logprobs(model: Any, tokenizer: Any, conversations: Sequence[list[dic
     """Summed completion log-probabilities (with gradients) and completion lengths, one per pair."""
     import torch
 
-    from rationanomaly.model.scoring import cache_argument, encode_pairs, shared_prefix_length
+    from rationanomaly.model.scoring import encode_pairs, prefix_cache, rows_hidden, shared_prefix_length
 
     rows = encode_pairs(tokenizer, conversations, completions)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    decoder = model.get_decoder()
     # The system prompt every row starts with runs once per batch (gradients flow through it
     # once): about half of each row's tokens, so about half the step's compute.
     prefix = shared_prefix_length(rows)
-    extra: dict[str, Any] = {}
-    if prefix:
-        cache_arg = cache_argument(decoder)
-        out = decoder(input_ids=torch.tensor([rows[0][0][:prefix]], device=model.device), use_cache=True)
-        cache = out[cache_arg] if cache_arg in out else out[1]
-        cache.batch_repeat_interleave(len(rows))
-        extra = {cache_arg: cache, "use_cache": True}
-    width = max(len(tokens) for tokens, _ in rows) - prefix
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), prefix + width), dtype=torch.long)
-    mask[:, :prefix] = 1
-    for row, (tokens, _) in enumerate(rows):
-        ids[row, : len(tokens) - prefix] = torch.tensor(tokens[prefix:])
-        mask[row, prefix : len(tokens)] = 1
-    hidden = decoder(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **extra).last_hidden_state
+    hidden = rows_hidden(model, tokenizer, rows, prefix, prefix_cache(model, rows[0][0][:prefix]) if prefix else None)
     # The head runs on completion positions only: the prompt is most of each row.
     positions = [(row, t) for row, (tokens, start) in enumerate(rows) for t in range(start - 1, len(tokens) - 1)]
     # hidden starts at position `prefix`; the state at t predicts token t + 1.
@@ -178,12 +162,13 @@ def batch_loss(model: Any, tokenizer: Any, batch: Sequence[LogExample], run: Mar
     """The stage's loss on a batch, and its parts for the log."""
     import torch
 
+    from rationanomaly.model.prompt import read_log
     from rationanomaly.model.ranking import candidates
 
     conversations, completions = [], []
     for example in batch:
-        pair = candidates(example.templates[0] if len(example.templates) == 1 else example.templates)
         conversation = prompt_messages(example)
+        pair = candidates(read_log(conversation))  # exactly the answers the rank decision weighs
         conversations += [conversation, conversation]
         completions += [pair["abnormal"], pair["normal"]]
     sums, lengths = answer_logprobs(model, tokenizer, conversations, completions)
@@ -195,14 +180,6 @@ def batch_loss(model: Any, tokenizer: Any, batch: Sequence[LogExample], run: Mar
     parts = {"margin_loss": float(decision.detach()), "gold_nll": float(nll.detach()),
              "accuracy": float(((margins.detach() > 0) == abnormal).float().mean())}
     return decision + run.nll_weight * nll, parts
-
-
-def holdout_margins(model: Any, tokenizer: Any, held: Sequence[LogExample], batch_size: int = 16) -> list[float]:
-    """The rank decision's margin on the held-out examples (no gradients, shared-prefix passes)."""
-    from rationanomaly.model.ranking import margins
-    from rationanomaly.model.scoring import scorer
-
-    return margins(scorer(model, tokenizer, batch_size), [prompt_messages(e) for e in held])
 
 
 def train_margin(run: MarginRun, examples: Sequence[LogExample] | None = None) -> Path:
@@ -282,11 +259,11 @@ def train_margin(run: MarginRun, examples: Sequence[LogExample] | None = None) -
 def calibrate_on_holdout(model: Any, tokenizer: Any, held: Sequence[LogExample]) -> dict[str, Any]:
     """The threshold that maximises the mean per-dataset F1 on the held-out examples, with those
     F1s and each dataset's AUC of the margin (how well it ranks, whatever the threshold)."""
-    from rationanomaly.training.calibrate import Scored, best_threshold
+    from rationanomaly.model.scoring import scorer
+    from rationanomaly.training.calibrate import best_threshold, score_sample
     from rationanomaly.training.evaluate import auc
 
-    values = holdout_margins(model, tokenizer, held)
-    scored = [Scored(e.provenance.dataset, e.label, m) for e, m in zip(held, values, strict=True)]
+    scored = score_sample(scorer(model, tokenizer, batch_size=16), [(e, 1.0) for e in held])
     threshold, f1s = best_threshold(scored)
     aucs = {d: auc([(s.gold == "abnormal", s.margin) for s in scored if s.dataset == d]) for d in f1s}
     return {"threshold": threshold, "holdout_f1": {d: round(f, 4) for d, f in f1s.items()},
