@@ -162,14 +162,18 @@ def hard_prompts_command(
     max_margin: float = typer.Option(4.0, help="Keep prompts whose |gold-draft margin| (nats) is below this."),
     limit: int = typer.Option(600, help="Score at most this many: all abnormal, then normal with trouble words, then a sample."),
     batch_size: int = typer.Option(16),
+    holdout: float = typer.Option(0.0, help="Leave out decision tuning's held-out share (same seed) so it can still calibrate."),
+    seed: int = typer.Option(0, help="Seed of that held-out share."),
 ) -> None:
     """GRPO prompts the SFT policy is torn on (log-likelihood margin of the gold vs the flipped draft)."""
     from rationanomaly.model.loading import load_causal_lm
     from rationanomaly.training.data import load_split, write_jsonl
     from rationanomaly.training.drafts import draft_all
     from rationanomaly.training.hardness import candidates, hardest, preference_margins
+    from rationanomaly.training.margin import stratified_holdout
 
-    examples = candidates([e for s in _splits(splits) for e in load_split(s)], limit)
+    pool, _ = stratified_holdout([e for s in _splits(splits) for e in load_split(s)], holdout, seed)
+    examples = candidates(pool, limit)
     model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
     scored = preference_margins(model, tokenizer, examples, batch_size)
     chosen = hardest(scored, keep, max_margin)
@@ -180,6 +184,22 @@ def hard_prompts_command(
                f"({abnormal} abnormal) with |margin| < {max_margin} → {out}")
 
 
+@app.command("soup")
+def soup_command(
+    adapters: list[Path] = typer.Argument(..., help="LoRA adapter directories of one base model."),
+    out: Path = typer.Option(..., help="Directory for the averaged adapter."),
+    weights: str = typer.Option(None, help="Comma-separated weights summing to 1 (default: uniform)."),
+) -> None:
+    """Average adapters' weight updates into one adapter (then `calibrate` it)."""
+    from rationanomaly.training.soup import SoupError, soup
+
+    try:
+        path = soup(adapters, out, [float(w) for w in weights.split(",")] if weights else None)
+    except (SoupError, ValueError) as error:
+        raise typer.BadParameter(str(error)) from error
+    typer.echo(str(path))
+
+
 @app.command("calibrate")
 def calibrate_command(
     adapter: Path = typer.Option(..., help="The adapter whose rank decision to calibrate; decision.json is written into it."),
@@ -188,6 +208,8 @@ def calibrate_command(
     abnormal_per_dataset: int = typer.Option(None, help="Abnormal examples scored per dataset (default: all)."),
     batch_size: int = typer.Option(16),
     seed: int = typer.Option(0),
+    holdout: float = typer.Option(0.0, help="Calibrate on exactly decision tuning's held-out share (this seed) "
+                                            "instead of a sample; for stages trained without it."),
 ) -> None:
     """Pick the rank decision's threshold on train splits and save it beside the adapter."""
     from rationanomaly.model.loading import load_causal_lm
@@ -195,8 +217,17 @@ def calibrate_command(
     from rationanomaly.model.scoring import scorer
     from rationanomaly.training.calibrate import best_threshold, calibration_sample, f1_by_dataset, score_sample
     from rationanomaly.training.data import load_split
+    from rationanomaly.training.margin import calibrate_on_holdout, stratified_holdout
 
     names = _splits(splits)
+    if holdout > 0:
+        _, held = stratified_holdout([e for s in names for e in load_split(s)], holdout, seed)
+        model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
+        figures = calibrate_on_holdout(model, tokenizer, held)
+        path = save_threshold(adapter, calibrated_on=[f"{s} held-out {holdout:g}" for s in names], seed=seed,
+                              held_out=len(held), **figures)
+        typer.echo(f"threshold {figures['threshold']} nats; held-out F1 {figures['holdout_f1']} → {path}")
+        return
     sample = calibration_sample([e for s in names for e in load_split(s)], normal_per_dataset, seed, abnormal_per_dataset)
     model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
     scored = score_sample(scorer(model, tokenizer, batch_size), sample)
@@ -220,6 +251,7 @@ def margin_command(
     normal_per_abnormal: float = typer.Option(3.0, help="Normal examples sampled per abnormal one, per dataset and epoch."),
     abnormal_weight: float = typer.Option(1.5, help="Loss weight of an abnormal example (a missed anomaly costs most)."),
     nll_weight: float = typer.Option(0.1, help="Weight of the gold answer's likelihood term."),
+    troubled_normals: bool = typer.Option(False, help="Every normal template with fault words joins every epoch."),
     holdout: float = typer.Option(0.2, help="Stratified share of the train splits kept out to calibrate on."),
     time_budget_min: float = typer.Option(None),
     seed: int = typer.Option(0),
@@ -230,6 +262,7 @@ def margin_command(
     run = MarginRun(adapter=str(adapter), output_dir=output_dir, model=model, splits=_splits(splits), epochs=epochs,
                     batch_size=batch_size, learning_rate=learning_rate, normal_per_abnormal=normal_per_abnormal,
                     abnormal_weight=abnormal_weight, nll_weight=nll_weight, holdout=holdout,
+                    troubled_normals=troubled_normals,
                     time_budget_min=time_budget_min, seed=seed)
     typer.echo(str(train_margin(run)))
 

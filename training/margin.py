@@ -48,6 +48,7 @@ class MarginRun:
     normal_per_abnormal: float = 3.0  # normal examples sampled per abnormal one, per dataset and epoch
     abnormal_weight: float = 1.5  # loss weight of an abnormal example relative to a normal one
     nll_weight: float = 0.1  # weight of the gold answer's per-token negative log-likelihood
+    troubled_normals: bool = False  # every normal with fault words joins every epoch (false-alarm bait)
     holdout: float = 0.2  # stratified share of the train splits kept out to calibrate on
     max_grad_norm: float = 1.0
     time_budget_min: float | None = None
@@ -97,9 +98,16 @@ def stratified_holdout(examples: Sequence[LogExample], share: float,
 
 
 def epoch_examples(examples: Sequence[LogExample], normal_per_abnormal: float,
-                   rng: random.Random) -> list[LogExample]:
+                   rng: random.Random, troubled_normals: bool = False) -> list[LogExample]:
     """One epoch's examples: every abnormal one and a fresh sample of normal ones per dataset,
-    shuffled; each epoch sees other normals, so over epochs most of them are seen."""
+    shuffled; each epoch sees other normals, so over epochs most of them are seen.
+
+    With `troubled_normals`, the normal ones whose text has fault words ("connection lost",
+    "bad username") fill the sample first, every epoch: they are where false alarms come from,
+    and a uniform sample shows each only every few epochs. The sample's size stays the same.
+    """
+    from rationanomaly.model.lexicon import has_fault_terms
+
     by_dataset: dict[str, list[LogExample]] = {}
     for example in examples:
         by_dataset.setdefault(example.provenance.dataset, []).append(example)
@@ -109,7 +117,13 @@ def epoch_examples(examples: Sequence[LogExample], normal_per_abnormal: float,
         abnormal = [e for e in group if e.label == "abnormal"]
         normal = [e for e in group if e.label != "abnormal"]
         wanted = min(len(normal), math.ceil(normal_per_abnormal * len(abnormal))) if abnormal else len(normal)
-        chosen += abnormal + rng.sample(normal, wanted)
+        first: list[LogExample] = []
+        if troubled_normals:
+            first = [e for e in normal if has_fault_terms(e.source)]
+            rng.shuffle(first)
+            first = first[:wanted]
+            normal = [e for e in normal if not has_fault_terms(e.source)]
+        chosen += abnormal + first + rng.sample(normal, wanted - len(first))
     rng.shuffle(chosen)
     return chosen
 
@@ -199,7 +213,7 @@ def train_margin(run: MarginRun, examples: Sequence[LogExample] | None = None) -
     if not any(e.label == "abnormal" for e in held):
         raise ValueError("the held-out share has no abnormal example to calibrate on; raise --holdout")
     rng = random.Random(run.seed)
-    per_epoch = len(epoch_examples(train, run.normal_per_abnormal, random.Random(run.seed)))
+    per_epoch = len(epoch_examples(train, run.normal_per_abnormal, random.Random(run.seed), run.troubled_normals))
     total_steps = run.epochs * math.ceil(per_epoch / run.batch_size)
     if run.max_steps is not None:
         total_steps = min(total_steps, run.max_steps)
@@ -214,7 +228,8 @@ def train_margin(run: MarginRun, examples: Sequence[LogExample] | None = None) -
     step, skipped_in_a_row, final, stop = 0, 0, None, False
     for epoch in range(1, run.epochs + 1):
         model.train()
-        for batch in length_batches(epoch_examples(train, run.normal_per_abnormal, rng), run.batch_size, rng):
+        for batch in length_batches(epoch_examples(train, run.normal_per_abnormal, rng, run.troubled_normals),
+                                    run.batch_size, rng):
             loss, parts = batch_loss(model, tokenizer, batch, run)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

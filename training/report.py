@@ -64,7 +64,12 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     overall = report["overall"]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2]})
+    groups = list(dict.fromkeys(f"{s['dataset']} {s['level']}" for s in report["sections"]))
+    systems = list(dict.fromkeys(s["system"] for s in report["sections"]))
+    # One row per system, one bar per dataset within it: stays readable with dozens of systems,
+    # where side-by-side columns and a legend of systems did not.
+    height = max(4.5, 0.22 * len(systems) * max(len(groups), 1) + 1.5)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, height), gridspec_kw={"width_ratios": [1, 2]})
     matrix = [[overall["tn"], overall["fp"]], [overall["fn"], overall["tp"]]]
     left.imshow(matrix, cmap="Blues")
     for r in range(2):
@@ -74,19 +79,21 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
     left.set_yticks([0, 1], ["gold normal", "gold abnormal"])
     left.set_title(f"model (pooled), F1 {overall['f1']:.3f}")
 
-    groups = list(dict.fromkeys(f"{s['dataset']}\n{s['level']}" for s in report["sections"]))
-    systems = list(dict.fromkeys(s["system"] for s in report["sections"]))
-    width = 0.8 / max(len(systems), 1)
-    for k, system in enumerate(systems):
+    width = 0.8 / max(len(groups), 1)
+    for k, group in enumerate(groups):
         values = []
-        for group in groups:
-            match = [s for s in report["sections"] if s["system"] == system and f"{s['dataset']}\n{s['level']}" == group]
+        for system in systems:
+            match = [s for s in report["sections"] if s["system"] == system and f"{s['dataset']} {s['level']}" == group]
             values.append(match[0]["f1"] if match else 0.0)
-        right.bar([g + k * width for g in range(len(groups))], values, width=width, label=system)
-    right.set_xticks([g + width * (len(systems) - 1) / 2 for g in range(len(groups))], groups, fontsize=8)
-    right.set_ylim(0, 1)
-    right.set_ylabel("F1 (abnormal)")
-    right.legend()
+        rows = [n + k * width for n in range(len(systems))]
+        right.barh(rows, values, height=width, label=group)
+        for row, value in zip(rows, values, strict=True):
+            right.text(value + 0.01, row, f"{value:.2f}", va="center", fontsize=6)
+    right.set_yticks([n + width * (len(groups) - 1) / 2 for n in range(len(systems))], systems, fontsize=7)
+    right.invert_yaxis()  # the report's first system (the model) on top
+    right.set_xlim(0, 1.08)
+    right.set_xlabel("F1 (abnormal)")
+    right.legend(loc="lower right", fontsize=8)
     right.set_title("F1 per dataset and level")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

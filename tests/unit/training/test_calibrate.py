@@ -85,3 +85,27 @@ def test_calibrate_command_writes_a_decision_the_backend_reads(tmp_path) -> None
     backend = make_backend(BackendSettings(device="cpu", adapter=str(adapter)))
     assert isinstance(backend, RankingBackend) and backend.threshold == decision["threshold"]
     backend.close()
+
+
+@pytest.mark.slow
+def test_calibrate_on_the_held_out_share_of_decision_tuning(tmp_path) -> None:
+    """A stage trained after decision tuning calibrates on the very share that tuning kept out."""
+    from typer.testing import CliRunner
+
+    from rationanomaly.model.loading import shipped_adapter_dir
+    from rationanomaly.model.ranking import DECISION_FILE, load_threshold
+    from rationanomaly.training.cli import app
+    from rationanomaly.training.data import load_split
+    from rationanomaly.training.margin import stratified_holdout
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(shipped_adapter_dir(), adapter)
+    (adapter / DECISION_FILE).unlink()
+    result = CliRunner().invoke(app, ["calibrate", "--adapter", str(adapter), "--holdout", "0.02", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    decision = orjson.loads((adapter / DECISION_FILE).read_bytes())
+    _, held = stratified_holdout(load_split("bgl_train") + load_split("spirit_train"), 0.02, 5)
+    assert decision["held_out"] == len(held) and decision["seed"] == 5
+    assert decision["calibrated_on"] == ["bgl_train held-out 0.02", "spirit_train held-out 0.02"]
+    assert set(decision["holdout_f1"]) == {"bgl", "spirit"}
+    assert load_threshold(adapter) == decision["threshold"]

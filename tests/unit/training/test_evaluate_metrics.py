@@ -62,3 +62,20 @@ def test_tfidf_baseline_beats_chance_on_bgl_dev() -> None:
     assert all(0.0 <= i.score <= 1.0 for i in items)
     assert all((i.predicted == "abnormal") == (i.score > 0.5) for i in items)
     assert m.auc is not None and m.auc > 0.9
+
+
+def test_the_plot_gives_every_system_its_own_row(tmp_path) -> None:
+    from PIL import Image
+
+    from rationanomaly.training.report import write_plot
+
+    def report(systems: int) -> dict:
+        sections = [{"system": f"system {k}", "dataset": d, "level": "template", "f1": 0.1 * (k % 10)}
+                    for k in range(systems) for d in ("bgl", "spirit")]
+        return {"overall": {"tn": 5, "fp": 1, "fn": 2, "tp": 3, "f1": 0.667}, "sections": sections}
+
+    few = write_plot(report(2), tmp_path / "few.png")
+    many = write_plot(report(24), tmp_path / "many.png")
+    assert few.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(few) as small, Image.open(many) as large:
+        assert large.height > 2 * small.height  # rows, not a crowd of thinner columns

@@ -60,3 +60,24 @@ def test_hardest_keeps_the_policys_doubts(lm, examples) -> None:
     assert sum(s.example.label == "abnormal" for s in chosen) == 2
     torn = {label: min(abs(s.margin) for s in scored if s.example.label == label) for label in ("normal", "abnormal")}
     assert {abs(s.margin) for s in chosen} >= set(torn.values())
+
+
+def test_hard_prompts_leave_the_held_out_share_to_calibration(tmp_path) -> None:
+    """`hard-prompts --holdout` never hands GRPO a template that `calibrate --holdout` will score."""
+    from typer.testing import CliRunner
+
+    from rationanomaly.training.cli import app
+    from rationanomaly.training.data import read_jsonl
+    from rationanomaly.training.margin import stratified_holdout
+
+    _, held = stratified_holdout(load_split("bgl_train"), 0.5, 0)
+    held_ids = {e.provenance.item_id for e in held}
+    first_abnormal = [e.provenance.item_id for e in load_split("bgl_train") if e.label == "abnormal"][:6]
+    assert held_ids & set(first_abnormal), "without the option the picker would take held-out templates"
+    out = tmp_path / "hard.jsonl"
+    result = CliRunner().invoke(app, ["hard-prompts", "--adapter", "default", "--out", str(out), "--splits", "bgl_train",
+                                      "--holdout", "0.5", "--limit", "6", "--keep", "6", "--max-margin", "1000",
+                                      "--batch-size", "6"])
+    assert result.exit_code == 0, result.output
+    kept = [e.provenance.item_id for e in read_jsonl(out)]
+    assert len(kept) == 6 and not held_ids & set(kept)

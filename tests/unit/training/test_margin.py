@@ -73,6 +73,19 @@ def test_epoch_keeps_every_anomaly_and_samples_normals_per_dataset(data_dir) -> 
     assert {e.example_id for e in first} != {e.example_id for e in second}  # other normals next epoch
 
 
+def test_troubled_normals_join_every_epoch_within_the_same_sample_size(data_dir) -> None:
+    from rationanomaly.model.lexicon import has_fault_terms
+
+    examples = load_split("spirit_train", data_dir) + load_split("bgl_train", data_dir)
+    troubled = {e.example_id for e in examples if e.label == "normal" and has_fault_terms(e.source)}
+    plain = epoch_examples(examples, 3.0, random.Random(0))
+    assert not troubled <= {e.example_id for e in plain}, "a uniform sample misses some"
+    for seed in (0, 1):
+        epoch = epoch_examples(examples, 3.0, random.Random(seed), troubled_normals=True)
+        assert troubled <= {e.example_id for e in epoch}
+        assert len(epoch) == len(plain) and len({e.example_id for e in epoch}) == len(epoch)
+
+
 def test_length_batches_cover_each_example_once(data_dir) -> None:
     examples = load_split("spirit_train", data_dir)[:100]
     batches = length_batches(examples, 8, random.Random(0), group=4)
