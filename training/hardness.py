@@ -24,7 +24,9 @@ from rationanomaly.training.data import LogExample, prompt_messages
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
+class Doubt:
+    """How torn the policy is on one example: its margin for the gold-label draft."""
+
     example: LogExample
     margin: float  # log p(gold-label draft) − log p(opposite-label draft), in nats
 
@@ -50,14 +52,14 @@ def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> lis
     return (abnormal + troubled + rest)[:limit]
 
 
-def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Scored]:
+def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Doubt]:
     """Each example with the policy's margin for its gold-label draft over the flipped one: the
     rank decision's margin (abnormal over normal), signed by the gold label."""
     found = margins(scorer(model, tokenizer, batch_size), [prompt_messages(e) for e in examples])
-    return [Scored(e, m if e.label == "abnormal" else -m) for e, m in zip(examples, found, strict=True)]
+    return [Doubt(e, m if e.label == "abnormal" else -m) for e, m in zip(examples, found, strict=True)]
 
 
-def hardest(scored: Sequence[Scored], keep: int, max_margin: float) -> list[Scored]:
+def hardest(scored: Sequence[Doubt], keep: int, max_margin: float) -> list[Doubt]:
     """Up to `keep` examples the policy is most torn on (smallest |margin| below `max_margin`),
     half from each label.
 
@@ -69,8 +71,8 @@ def hardest(scored: Sequence[Scored], keep: int, max_margin: float) -> list[Scor
 
     >>> from rationanomaly.training.data import Provenance
     >>> e = lambda i, y: LogExample(("t",), y, Provenance("bgl", "train", str(i)))
-    >>> pool = [Scored(e(0, "normal"), 5.0), Scored(e(1, "normal"), -2.0), Scored(e(2, "normal"), 0.5),
-    ...         Scored(e(3, "abnormal"), 0.1), Scored(e(4, "normal"), -1.0), Scored(e(5, "abnormal"), -9.0)]
+    >>> pool = [Doubt(e(0, "normal"), 5.0), Doubt(e(1, "normal"), -2.0), Doubt(e(2, "normal"), 0.5),
+    ...         Doubt(e(3, "abnormal"), 0.1), Doubt(e(4, "normal"), -1.0), Doubt(e(5, "abnormal"), -9.0)]
     >>> [s.example.provenance.item_id for s in hardest(pool, 3, 3.0)]
     ['3', '2', '4']
     >>> [s.example.provenance.item_id for s in hardest(pool, 2, 3.0)]
@@ -78,7 +80,7 @@ def hardest(scored: Sequence[Scored], keep: int, max_margin: float) -> list[Scor
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
-    by_label: dict[str, list[Scored]] = {"abnormal": [], "normal": []}
+    by_label: dict[str, list[Doubt]] = {"abnormal": [], "normal": []}
     for s in sorted(scored, key=lambda s: abs(s.margin)):
         if abs(s.margin) < max_margin:
             by_label[s.example.label].append(s)
