@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rationanomaly.model.ranking import Scorer, margins
 from rationanomaly.training.data import LogExample, prompt_messages
@@ -98,3 +99,16 @@ def score_sample(score: Scorer, sample: Sequence[tuple[LogExample, float]]) -> l
     """The rank decision's margin for each (example, weight) of a calibration sample."""
     values = margins(score, [prompt_messages(e) for e, _ in sample])
     return [Scored(e.provenance.dataset, e.label, m, w) for (e, w), m in zip(sample, values, strict=True)]
+
+
+def calibrate_on_holdout(model: Any, tokenizer: Any, held: Sequence[LogExample], batch_size: int = 16) -> dict[str, Any]:
+    """The threshold that maximises the mean per-dataset F1 on the held-out examples, with those
+    F1s and each dataset's AUC of the margin (how well it ranks, whatever the threshold)."""
+    from rationanomaly.model.scoring import scorer
+    from rationanomaly.training.evaluate import auc
+
+    scored = score_sample(scorer(model, tokenizer, batch_size=batch_size), [(e, 1.0) for e in held])
+    threshold, f1s = best_threshold(scored)
+    aucs = {d: auc([(s.gold == "abnormal", s.margin) for s in scored if s.dataset == d]) for d in f1s}
+    return {"threshold": threshold, "holdout_f1": {d: round(f, 4) for d, f in f1s.items()},
+            "holdout_auc": {d: None if a is None else round(a, 4) for d, a in aucs.items()}}

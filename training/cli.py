@@ -170,7 +170,7 @@ def hard_prompts_command(
     from rationanomaly.training.data import load_split, write_jsonl
     from rationanomaly.training.drafts import draft_all
     from rationanomaly.training.hardness import candidates, hardest, preference_margins
-    from rationanomaly.training.margin import stratified_holdout
+    from rationanomaly.training.data import stratified_holdout
 
     pool, _ = stratified_holdout([e for s in _splits(splits) for e in load_split(s)], holdout, seed)
     examples = candidates(pool, limit)
@@ -215,21 +215,26 @@ def calibrate_command(
     from rationanomaly.model.loading import load_causal_lm
     from rationanomaly.model.ranking import save_threshold
     from rationanomaly.model.scoring import scorer
-    from rationanomaly.training.calibrate import best_threshold, calibration_sample, f1_by_dataset, score_sample
-    from rationanomaly.training.data import load_split
-    from rationanomaly.training.margin import calibrate_on_holdout, stratified_holdout
+    from rationanomaly.training.calibrate import (
+        best_threshold,
+        calibrate_on_holdout,
+        calibration_sample,
+        f1_by_dataset,
+        score_sample,
+    )
+    from rationanomaly.training.data import load_split, stratified_holdout
 
     names = _splits(splits)
+    examples = [e for s in names for e in load_split(s)]
+    model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
     if holdout > 0:
-        _, held = stratified_holdout([e for s in names for e in load_split(s)], holdout, seed)
-        model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
-        figures = calibrate_on_holdout(model, tokenizer, held)
+        _, held = stratified_holdout(examples, holdout, seed)
+        figures = calibrate_on_holdout(model, tokenizer, held, batch_size)
         path = save_threshold(adapter, calibrated_on=[f"{s} held-out {holdout:g}" for s in names], seed=seed,
                               held_out=len(held), **figures)
         typer.echo(f"threshold {figures['threshold']} nats; held-out F1 {figures['holdout_f1']} → {path}")
         return
-    sample = calibration_sample([e for s in names for e in load_split(s)], normal_per_dataset, seed, abnormal_per_dataset)
-    model, tokenizer = load_causal_lm("default", str(adapter), device="auto")
+    sample = calibration_sample(examples, normal_per_dataset, seed, abnormal_per_dataset)
     scored = score_sample(scorer(model, tokenizer, batch_size), sample)
     threshold, f1s = best_threshold(scored)
     path = save_threshold(adapter, threshold, calibrated_on=names, scored=len(scored),

@@ -224,6 +224,31 @@ def oversample_abnormal(examples: Sequence[LogExample], target_share: float, see
     return mixed
 
 
+def stratified_holdout(examples: Sequence[LogExample], share: float,
+                       seed: int = 0) -> tuple[list[LogExample], list[LogExample]]:
+    """(kept for training, held out): `share` of each (dataset, label) group held out, at least
+    one of any group with two or more, so every dataset keeps anomalies on both sides."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"holdout share must be in [0, 1), got {share}")
+    groups: dict[tuple[str, str], list[LogExample]] = {}
+    for example in examples:
+        groups.setdefault((example.provenance.dataset, example.label), []).append(example)
+    import random
+
+    rng = random.Random(seed)
+    train: list[LogExample] = []
+    held: list[LogExample] = []
+    for key in sorted(groups):
+        group = list(groups[key])
+        rng.shuffle(group)
+        count = round(share * len(group))
+        if share > 0 and len(group) >= 2:
+            count = max(count, 1)
+        held += group[:count]
+        train += group[count:]
+    return train, held
+
+
 def prompt_messages(example: LogExample) -> list[dict[str, str]]:
     """The chat prompt the model sees for an example: one template, or a window's sequence."""
     from rationanomaly.model.prompt import template_messages, window_messages

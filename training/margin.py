@@ -28,7 +28,8 @@ from typing import Any
 
 import structlog
 
-from rationanomaly.training.data import LogExample, load_split, prompt_messages
+from rationanomaly.training.calibrate import calibrate_on_holdout
+from rationanomaly.training.data import LogExample, load_split, prompt_messages, stratified_holdout
 
 log = structlog.get_logger(__name__)
 
@@ -74,29 +75,6 @@ def margin_loss(margins: Any, abnormal: Any, abnormal_weight: float = 1.5) -> An
     return (weights * F.softplus(-sign * margins)).sum() / weights.sum()
 
 
-def stratified_holdout(examples: Sequence[LogExample], share: float,
-                       seed: int = 0) -> tuple[list[LogExample], list[LogExample]]:
-    """(kept for training, held out): `share` of each (dataset, label) group held out, at least
-    one of any group with two or more, so every dataset keeps anomalies on both sides."""
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"holdout share must be in [0, 1), got {share}")
-    groups: dict[tuple[str, str], list[LogExample]] = {}
-    for example in examples:
-        groups.setdefault((example.provenance.dataset, example.label), []).append(example)
-    rng = random.Random(seed)
-    train: list[LogExample] = []
-    held: list[LogExample] = []
-    for key in sorted(groups):
-        group = list(groups[key])
-        rng.shuffle(group)
-        count = round(share * len(group))
-        if share > 0 and len(group) >= 2:
-            count = max(count, 1)
-        held += group[:count]
-        train += group[count:]
-    return train, held
-
-
 def epoch_examples(examples: Sequence[LogExample], normal_per_abnormal: float,
                    rng: random.Random, troubled_normals: bool = False) -> list[LogExample]:
     """One epoch's examples: every abnormal one and a fresh sample of normal ones per dataset,
@@ -119,10 +97,11 @@ def epoch_examples(examples: Sequence[LogExample], normal_per_abnormal: float,
         wanted = min(len(normal), math.ceil(normal_per_abnormal * len(abnormal))) if abnormal else len(normal)
         first: list[LogExample] = []
         if troubled_normals:
-            first = [e for e in normal if has_fault_terms(e.source)]
+            troubled = [has_fault_terms(e.source) for e in normal]
+            first = [e for e, t in zip(normal, troubled, strict=True) if t]
+            normal = [e for e, t in zip(normal, troubled, strict=True) if not t]
             rng.shuffle(first)
             first = first[:wanted]
-            normal = [e for e in normal if not has_fault_terms(e.source)]
         chosen += abnormal + first + rng.sample(normal, wanted - len(first))
     rng.shuffle(chosen)
     return chosen
@@ -269,17 +248,3 @@ def train_margin(run: MarginRun, examples: Sequence[LogExample] | None = None) -
     save_trained(model, tokenizer, last)
     (last / "decision.json").write_bytes((final / "decision.json").read_bytes())
     return last
-
-
-def calibrate_on_holdout(model: Any, tokenizer: Any, held: Sequence[LogExample]) -> dict[str, Any]:
-    """The threshold that maximises the mean per-dataset F1 on the held-out examples, with those
-    F1s and each dataset's AUC of the margin (how well it ranks, whatever the threshold)."""
-    from rationanomaly.model.scoring import scorer
-    from rationanomaly.training.calibrate import best_threshold, score_sample
-    from rationanomaly.training.evaluate import auc
-
-    scored = score_sample(scorer(model, tokenizer, batch_size=16), [(e, 1.0) for e in held])
-    threshold, f1s = best_threshold(scored)
-    aucs = {d: auc([(s.gold == "abnormal", s.margin) for s in scored if s.dataset == d]) for d in f1s}
-    return {"threshold": threshold, "holdout_f1": {d: round(f, 4) for d, f in f1s.items()},
-            "holdout_auc": {d: None if a is None else round(a, 4) for d, a in aucs.items()}}

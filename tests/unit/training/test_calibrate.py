@@ -96,7 +96,7 @@ def test_calibrate_on_the_held_out_share_of_decision_tuning(tmp_path) -> None:
     from rationanomaly.model.ranking import DECISION_FILE, load_threshold
     from rationanomaly.training.cli import app
     from rationanomaly.training.data import load_split
-    from rationanomaly.training.margin import stratified_holdout
+    from rationanomaly.training.data import stratified_holdout
 
     adapter = tmp_path / "adapter"
     shutil.copytree(shipped_adapter_dir(), adapter)

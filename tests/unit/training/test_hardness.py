@@ -68,7 +68,7 @@ def test_hard_prompts_leave_the_held_out_share_to_calibration(tmp_path) -> None:
 
     from rationanomaly.training.cli import app
     from rationanomaly.training.data import read_jsonl
-    from rationanomaly.training.margin import stratified_holdout
+    from rationanomaly.training.data import stratified_holdout
 
     _, held = stratified_holdout(load_split("bgl_train"), 0.5, 0)
     held_ids = {e.provenance.item_id for e in held}

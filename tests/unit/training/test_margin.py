@@ -8,14 +8,8 @@ import random
 import pytest
 
 from rationanomaly.model.loading import SHIPPED_ADAPTER
-from rationanomaly.training.data import load_split
-from rationanomaly.training.margin import (
-    MarginRun,
-    epoch_examples,
-    length_batches,
-    margin_loss,
-    stratified_holdout,
-)
+from rationanomaly.training.data import load_split, stratified_holdout
+from rationanomaly.training.margin import MarginRun, epoch_examples, length_batches, margin_loss
 
 SHIPPED = str(SHIPPED_ADAPTER)
 
