@@ -41,6 +41,9 @@ class BackendSettings(BaseModel):
     # A LoRA adapter directory; "default" is the shipped adapter when one is committed.
     adapter: str | None = DEFAULT
     base_url: str | None = None
+    # kind="openai" with decision="rank": the served model's tokenizer (hub id or path), whose chat
+    # template renders the prompts the server scores; "default" is the default model's.
+    tokenizer: str = DEFAULT
     api_key: SecretStr = SecretStr("EMPTY")
     max_new_tokens: int = Field(default=160, ge=1, le=8192)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
@@ -53,8 +56,9 @@ class BackendSettings(BaseModel):
     device: str = "auto"  # cuda when available, else cpu
     dtype: DType = "auto"
     # How the verdict is reached: "generate" decodes a rationale and answer; "rank" scores the
-    # two grounded answers and keeps the likelier (model.ranking, transformers only); "auto"
-    # ranks when the adapter ships a calibrated decision.json, else generates.
+    # two grounded answers and keeps the likelier (model.ranking: in-process with transformers,
+    # or on a server that echoes prompt log-probs with openai); "auto" ranks in-process when the
+    # adapter ships a calibrated decision.json, else generates (openai and vllm: generates).
     decision: Decision = "auto"
     rank_threshold: float | None = None  # overrides decision.json's threshold (nats)
 
@@ -91,7 +95,8 @@ class BackendSettings(BaseModel):
                     "kind='openai' needs base_url: set it to the server's OpenAI-compatible root, "
                     "e.g. http://127.0.0.1:8000/v1"
                 )
-            if self.adapter not in (None, DEFAULT):
+            if self.adapter not in (None, DEFAULT) and self.decision != "rank":
+                # With decision='rank' the adapter directory is read for its decision.json only.
                 raise ValueError(
                     "kind='openai' cannot load an adapter client-side: serve it with "
                     "`vllm serve BASE --enable-lora --lora-modules NAME=PATH` and set model=NAME"
@@ -102,10 +107,10 @@ class BackendSettings(BaseModel):
             )
         if self.dtype == "float16" and self.device == "cpu":
             raise ValueError("dtype='float16' is not supported for generation on CPU; use float32 or auto")
-        if self.decision == "rank" and self.kind != "transformers":
+        if self.decision == "rank" and self.kind == "vllm":
             raise ValueError(
-                f"decision='rank' scores answers in-process and needs kind='transformers' (kind is {self.kind!r}); "
-                "use decision='generate' with a server"
+                "decision='rank' needs answer scores, which kind='vllm' does not expose here; use kind='openai' "
+                "against `vllm serve` (it echoes prompt log-probs) or decision='generate'"
             )
         if self.kind == "vllm" and self.device in ("cpu", "mps"):
             raise ValueError(f"kind='vllm' needs a CUDA GPU; set device='cuda' (device is {self.device!r})")

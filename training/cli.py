@@ -319,6 +319,8 @@ def eval_command(
     label: str = typer.Option("model", help="Name of the model under test in the report."),
     decision: str = typer.Option("auto", help="generate | rank | auto (rank when the adapter ships decision.json)."),
     rank_threshold: float = typer.Option(None, help="Override the rank decision's calibrated threshold (nats)."),
+    base_url: str = typer.Option(None, help="Evaluate the model an OpenAI-compatible server serves there "
+                                 "(--model says which, for its tokenizer and decision.json)."),
 ) -> None:
     """Precision, recall, F1, confusion matrix, format-valid and consistency rates, latency."""
     from rationanomaly.training.evaluate import EvalRequest, SessionMode, run_evaluation, write_report
@@ -327,7 +329,7 @@ def eval_command(
         data=tuple(data), model=model, baselines=_splits(baselines),
         session_mode=tuple(SessionMode(m) for m in _splits(session_mode)),
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, label=label,
-        decision=decision, rank_threshold=rank_threshold,
+        decision=decision, rank_threshold=rank_threshold, base_url=base_url,
     )
     result = run_evaluation(request, items_path=report.with_suffix(".items.jsonl"))
     written = write_report(result, report)

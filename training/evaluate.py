@@ -295,12 +295,14 @@ class EvalRequest:
     label: str = "model"  # the name the model under test gets in the report's sections
     decision: str = "auto"  # generate | rank | auto (rank when the adapter ships decision.json)
     rank_threshold: float | None = None
+    base_url: str | None = None  # the model under test is served there (OpenAI-compatible); `model` says which
 
 
 def make_classifier(model: str, batch_size: int, max_new_tokens: int, decision: str = "auto",
-                    rank_threshold: float | None = None):
+                    rank_threshold: float | None = None, base_url: str | None = None):
     """Classifier over model/'s in-process backend (greedy, or the rank decision), no retries
-    (both are deterministic: a retry repeats the same answer)."""
+    (both are deterministic: a retry repeats the same answer). With `base_url`, over the server
+    there instead: `model` names what it serves, and an adapter's decision.json is read locally."""
     from rationanomaly.model.backends import make_backend
     from rationanomaly.model.classifier import Classifier
     from rationanomaly.model.settings import BackendSettings
@@ -314,6 +316,14 @@ def make_classifier(model: str, batch_size: int, max_new_tokens: int, decision: 
         base, adapter = "default", model
     else:
         base, adapter = model, None
+    if base_url is not None:
+        served = BackendSettings(
+            kind="openai", base_url=base_url, model="default", adapter=adapter if decision == "rank" else None,
+            tokenizer=base if base == "default" else resolve_base_model(base),
+            max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size, timeout_s=300,
+            decision="rank" if decision == "rank" else "generate", rank_threshold=rank_threshold,
+        )  # fmt: skip
+        return Classifier(make_backend(served), retries=0)
     settings = BackendSettings(
         kind="transformers",
         model=base if base == "default" else resolve_base_model(base),
@@ -360,7 +370,7 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
         if name not in classifiers:
             if name == "model":
                 classifiers[name] = make_classifier(request.model, request.batch_size, request.max_new_tokens,
-                                                    request.decision, request.rank_threshold)
+                                                    request.decision, request.rank_threshold, request.base_url)
             else:
                 classifiers[name] = make_classifier("base", request.batch_size, request.max_new_tokens, "generate")
         return classifiers[name]

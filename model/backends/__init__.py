@@ -20,7 +20,20 @@ BackendFactory = Callable[[BackendSettings], Backend]
 def _openai(settings: BackendSettings) -> Backend:
     from rationanomaly.model.backends.openai import OpenAIBackend
 
-    return OpenAIBackend(settings)
+    backend = OpenAIBackend(settings, probe=settings.decision != "rank")
+    if settings.decision != "rank":
+        return backend
+    from rationanomaly.model.prompt import template_messages
+    from rationanomaly.model.ranking import RankingBackend, candidates
+
+    try:
+        # One request at start-up: a server without echoed log-probs fails here, not per verdict.
+        probe_log = "ciod: LOGIN chdir(<*>) failed: No such file or directory"
+        backend.check_scoring(template_messages(probe_log), candidates(probe_log)["abnormal"])
+    except BackendError:
+        backend.close()
+        raise
+    return RankingBackend(backend, _rank_threshold(settings), batch_size=settings.batch_size)
 
 
 def _transformers(settings: BackendSettings) -> Backend:
@@ -29,16 +42,23 @@ def _transformers(settings: BackendSettings) -> Backend:
     from rationanomaly.model.ranking import RankingBackend, load_threshold
 
     backend = TransformersBackend(settings)  # first: it turns a bad model or adapter into BackendError
-    threshold = None
-    if settings.decision != "generate":
-        threshold = settings.rank_threshold
-        if threshold is None:
-            threshold = load_threshold(resolve_adapter(settings.adapter))
-        if threshold is None and settings.decision == "rank":
-            threshold = 0.0  # no calibration shipped: compare the two answers as they are
-    if threshold is None:
+    if settings.decision == "generate":
         return backend
-    return RankingBackend(backend, threshold, batch_size=settings.batch_size)
+    if settings.decision == "auto" and settings.rank_threshold is None and load_threshold(resolve_adapter(settings.adapter)) is None:
+        return backend
+    return RankingBackend(backend, _rank_threshold(settings), batch_size=settings.batch_size)
+
+
+def _rank_threshold(settings: BackendSettings) -> float:
+    """The override, else the adapter's calibrated decision.json, else 0: the two answers
+    compared as they are."""
+    from rationanomaly.model.loading import resolve_adapter
+    from rationanomaly.model.ranking import load_threshold
+
+    if settings.rank_threshold is not None:
+        return settings.rank_threshold
+    threshold = load_threshold(resolve_adapter(settings.adapter))
+    return 0.0 if threshold is None else threshold
 
 
 def _vllm(settings: BackendSettings) -> Backend:

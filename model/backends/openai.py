@@ -1,5 +1,8 @@
 """OpenAI-compatible chat backend (vLLM's server, llama.cpp's, or any other) over plain httpx.
 
+It also scores completions, for the rank decision, where the server echoes prompt log-probs on
+`/v1/completions` (`backends.echo`).
+
 The server batches continuously, so the client's job is concurrency: up to
 `settings.concurrency` requests in flight from a thread pool, one connection each. httpx is
 used rather than the `openai` client because every failure has to land in
@@ -10,6 +13,7 @@ the wire with the `openai` client.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -21,6 +25,7 @@ import httpx
 import orjson
 import structlog
 
+from rationanomaly.model.backends import echo
 from rationanomaly.model.backends.base import BackendError, Conversation, Generation
 from rationanomaly.model.parser import OUTPUT_REGEX
 from rationanomaly.model.settings import DEFAULT, BackendSettings
@@ -81,6 +86,7 @@ class OpenAIBackend:
         self.model_id: str = settings.model
         self._resolve_model_id()
         self.probe_result: ProbeResult | None = None
+        self._tokenizer: Any = None  # loaded on the first score(): generation never needs it
         if probe and settings.structured_outputs:
             self.probe_result = self.probe()
 
@@ -97,6 +103,53 @@ class OpenAIBackend:
         except RuntimeError as error:  # the pool was shut down by close()
             raise BackendError(f"backend is closed: {error}") from error
         return [future.result() for future in futures]
+
+    def score(self, conversations: Sequence[Conversation], completions: Sequence[str]) -> list[float]:
+        """Teacher-forced log-likelihood (nats) of each completion after its conversation, from
+        the server's echoed prompt log-probs (`backends.echo`); NaN for a pair whose request
+        failed, so one slow request costs one verdict, not the batch."""
+        if not self._model_resolved:
+            self._resolve_model_id()
+        tokenizer = self.tokenizer
+        prompts = [echo.scoring_prompt(tokenizer, c, text) for c, text in zip(conversations, completions, strict=True)]
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in completions]
+        try:
+            futures = [self._pool.submit(self._score_one, prompt, text, text_ids)
+                       for prompt, text, text_ids in zip(prompts, completions, ids, strict=True)]
+        except RuntimeError as error:
+            raise BackendError(f"backend is closed: {error}") from error
+        return [future.result() for future in futures]
+
+    def check_scoring(self, conversation: Conversation, completion: str) -> None:
+        """Raise BackendError unless the server returns echoed log-probs that line up with its
+        tokens: the rank decision's start-up check, one request."""
+        if not self._model_resolved:
+            self._resolve_model_id()
+        tokenizer = self.tokenizer
+        reply = self._post(echo.echo_body(self.model_id, echo.scoring_prompt(tokenizer, conversation, completion)),
+                           "completions")
+        if reply.data is None:
+            raise BackendError(f"the rank decision needs /v1/completions with echoed log-probs: {reply.error}")
+        try:
+            echo.check_aligned(reply.data, completion, tokenizer(completion, add_special_tokens=False)["input_ids"])
+        except echo.EchoError as error:
+            raise BackendError(f"the rank decision cannot use this server: {error}") from None
+        log.info("server scores completions", model=self.model_id, base_url=self._settings.base_url)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer, whose chat template renders the prompts to score."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from rationanomaly.model.loading import resolve_model
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_model(self._settings.tokenizer))
+            except (OSError, ValueError) as error:
+                raise BackendError(f"cannot load tokenizer {self._settings.tokenizer!r} to render prompts "
+                                   f"for scoring: {error}") from error
+        return self._tokenizer
 
     def probe(self) -> ProbeResult:
         """Check at start-up whether the server honours `structured_outputs`.
@@ -145,6 +198,20 @@ class OpenAIBackend:
             log.exception("unexpected error in generation", model=self.model_id)
             return Generation(None, time.perf_counter() - started, error=f"client error: {error!r}")
 
+    def _score_one(self, prompt: str, completion: str, completion_ids: list[int]) -> float:
+        try:
+            reply = self._post(echo.echo_body(self.model_id, prompt), "completions")
+            if reply.data is None:
+                log.warning("scoring failed", model=self.model_id, error=reply.error)
+                return math.nan
+            return echo.completion_logprob(reply.data, completion, completion_ids)
+        except echo.EchoError as error:
+            log.warning("scoring failed", model=self.model_id, error=str(error))
+            return math.nan
+        except Exception:  # one pair's failure must not take its batch down
+            log.exception("unexpected error in scoring", model=self.model_id)
+            return math.nan
+
     def _body(
         self, messages: Conversation, constraint: dict[str, str] | None, max_tokens: int
     ) -> dict[str, Any]:
@@ -158,7 +225,7 @@ class OpenAIBackend:
             body["structured_outputs"] = constraint
         return body
 
-    def _post(self, body: dict[str, Any]) -> _Reply:
+    def _post(self, body: dict[str, Any], path: str = "chat/completions") -> _Reply:
         payload = orjson.dumps(body)
         delay_s = self._settings.backoff_s
         failure = _Reply(None, "no attempt made")
@@ -167,7 +234,7 @@ class OpenAIBackend:
                 time.sleep(delay_s)
                 delay_s *= 2
             try:
-                response = self._client.post("chat/completions", content=payload)
+                response = self._client.post(path, content=payload)
             except httpx.TimeoutException as error:
                 # Not retried here: a slow server gets slower with more load, and the
                 # classifier decides whether the item is worth another try.

@@ -110,8 +110,8 @@ def test_vllm_serves_the_adapter_under_the_name_the_detector_asks_for(compose):
     cmd = [str(part) for part in vllm["command"]]
     assert cmd[cmd.index("--model") + 1] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "--enable-lora" in cmd
-    name, path = cmd[cmd.index("--lora-modules") + 1].split("=", 1)
-    assert name == DETECTOR_ENV["RATIONANOMALY_BACKEND__MODEL"]
+    modules = dict(part.split("=", 1) for part in cmd[cmd.index("--lora-modules") + 1 :] if "=" in part)
+    path = modules[DETECTOR_ENV["RATIONANOMALY_BACKEND__MODEL"]]
     # The adapter path inside the container is a mounted volume of the repository's adapter for
     # generation (a server decodes; the default adapter is tuned for the rank decision).
     mounts = {v.split(":")[1]: v.split(":")[0] for v in vllm["volumes"]}
@@ -155,6 +155,27 @@ def test_detector_settings_accept_the_compose_environment(compose, monkeypatch):
     assert settings.backend.model == "rationanomaly"
     assert settings.metrics.port == 9108
     assert str(settings.checkpoint.dir) == env["RATIONANOMALY_CHECKPOINT__DIR"]
+
+
+def test_the_commented_rank_variant_is_served_and_is_valid_settings(compose, monkeypatch):
+    """The detector's commented lines switch it to the rank decision: the name they ask for is
+    served from the rank-tuned default adapter, and the settings model accepts them."""
+    settings_module = pytest.importorskip("rationanomaly.stream.settings")
+    commented = dict(re.findall(r"^\s*#\s*(RATIONANOMALY_[A-Z]+__[A-Z_]+):\s*(\S+)\s*$",
+                                (REPO / "docker-compose.yml").read_text(), flags=re.MULTILINE))
+    assert commented["RATIONANOMALY_BACKEND__DECISION"] == "rank"
+    vllm = compose["services"]["vllm"]
+    cmd = [str(part) for part in vllm["command"]]
+    modules = dict(part.split("=", 1) for part in cmd[cmd.index("--lora-modules") + 1 :] if "=" in part)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in vllm["volumes"]}
+    assert mounts[modules[commented["RATIONANOMALY_BACKEND__MODEL"]]] == "./model/adapters/rationanomaly-smollm2"
+    for key in list(os.environ):
+        if key.startswith("RATIONANOMALY_"):
+            monkeypatch.delenv(key)
+    for key, value in {**_env(compose["services"]["detector"]), **commented}.items():
+        monkeypatch.setenv(key, value)
+    backend = settings_module.load_settings(None).backend
+    assert (backend.kind, backend.decision, backend.model, backend.adapter) == ("openai", "rank", "rationanomaly-rank", "default")
 
 
 def test_detector_depends_on_healthy_services_and_publishes_metrics(compose):

@@ -16,6 +16,7 @@ MODULES = [
     "rationanomaly.model.classifier",
     "rationanomaly.model.loading",
     "rationanomaly.model.backends.openai",
+    "rationanomaly.model.backends.echo",
     "rationanomaly.model.backends.transformers",
     "rationanomaly.model.ranking",
 ]

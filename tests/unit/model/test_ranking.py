@@ -131,9 +131,15 @@ def test_decision_file_round_trip_and_errors(tmp_path) -> None:
         save_threshold(tmp_path, math.inf)
 
 
-def test_rank_needs_an_in_process_backend() -> None:
-    with pytest.raises(ValueError, match="decision='rank'.*kind='transformers'"):
-        BackendSettings(kind="openai", base_url="http://127.0.0.1:9/v1", decision="rank")
+def test_rank_needs_a_backend_that_scores(tmp_path) -> None:
+    # A server scores through echoed log-probs (openai); in-process vLLM exposes no scores here.
+    served = BackendSettings(kind="openai", base_url="http://127.0.0.1:9/v1", decision="rank", adapter=str(tmp_path))
+    assert served.decision == "rank" and served.tokenizer == "default"
+    with pytest.raises(ValueError, match="decision='rank'.*kind='vllm'"):
+        BackendSettings(kind="vllm", device="cuda", decision="rank")
+    # Without the rank decision an adapter directory means nothing client-side: refused.
+    with pytest.raises(ValueError, match="cannot load an adapter client-side"):
+        BackendSettings(kind="openai", base_url="http://127.0.0.1:9/v1", adapter=str(tmp_path))
     assert BackendSettings(kind="openai", base_url="http://127.0.0.1:9/v1").decision == "auto"
 
 
