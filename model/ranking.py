@@ -14,7 +14,8 @@ differ in length); `training.calibrate` picks it on train splits and saves it be
 in `decision.json`, which `decision="auto"` reads. The published rationale is the draft the model
 chose: grounded in the input by construction (`model.drafts`) and consistent with its answer.
 It costs two teacher-forced passes per input (the system prompt they share runs once,
-`model.scoring`), no sampling, on a backend that exposes scores (in-process transformers).
+`model.scoring`), no sampling, on a backend that exposes scores: in-process transformers, or
+an OpenAI-compatible server that echoes prompt log-probs (`backends.echo`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class RankingBackend:
     def __init__(self, scorer: object, threshold: float, batch_size: int = 8) -> None:
         score = getattr(scorer, "score", None)
         if not callable(score):
-            raise BackendError(f"{type(scorer).__name__} cannot score completions; the rank decision needs kind='transformers'")
+            raise BackendError(f"{type(scorer).__name__} cannot score completions; the rank decision needs "
+                               "kind='transformers', or kind='openai' against a server that echoes prompt log-probs")
         self._scorer = scorer
         self._score: Scorer = score
         self.threshold = threshold
@@ -171,5 +173,6 @@ class RankingBackend:
                 label = decide(found[i], self.threshold)
                 out.append(Generation(answers[i][label], latency, confidence=confidence(found[i], self.threshold, label)))
             else:
-                out.append(Generation(None, latency, error=errors.get(i, f"non-finite margin {found.get(i)!r}")))
+                # NaN: a server could not score one of the two answers (its log says why).
+                out.append(Generation(None, latency, error=errors.get(i, f"no margin: {found.get(i)!r} (an answer went unscored)")))
         return out

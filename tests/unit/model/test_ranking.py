@@ -95,7 +95,7 @@ def test_an_unreadable_prompt_fails_alone_and_a_scorer_error_fails_the_batch_wit
 
 def test_non_finite_margin_is_an_error_not_a_verdict() -> None:
     out = RankingBackend(TableScorer({DISK: math.nan}), 0.0).generate([template_messages(DISK)])
-    assert not out[0].ok and "non-finite" in out[0].error
+    assert not out[0].ok and "went unscored" in out[0].error
 
 
 def test_batches_and_close_pass_through() -> None:
