@@ -76,5 +76,7 @@ def test_the_decision_comes_from_environment_or_flags_and_is_checked(monkeypatch
     monkeypatch.setenv("RATIONANOMALY_BACKEND__DECISION", "generate")
     assert load_settings(None).backend.decision == "generate"
     assert load_settings(None, backend={"decision": "rank"}).backend.decision == "rank"
-    with pytest.raises(ValidationError, match="decision='rank'.*kind='transformers'"):
-        load_settings(None, backend={"decision": "rank", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    served = load_settings(None, backend={"decision": "rank", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    assert (served.backend.kind, served.backend.decision) == ("openai", "rank")
+    with pytest.raises(ValidationError, match="decision='rank'.*kind='vllm'"):
+        load_settings(None, backend={"decision": "rank", "kind": "vllm", "device": "cuda"})
