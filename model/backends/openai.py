@@ -87,6 +87,7 @@ class OpenAIBackend:
         self._resolve_model_id()
         self.probe_result: ProbeResult | None = None
         self._tokenizer: Any = None  # loaded on the first score(): generation never needs it
+        self._pending_check: tuple[Conversation, str] | None = None  # a scoring check the server missed
         if probe and settings.structured_outputs:
             self.probe_result = self.probe()
 
@@ -108,6 +109,8 @@ class OpenAIBackend:
         """Teacher-forced log-likelihood (nats) of each completion after its conversation, from
         the server's echoed prompt log-probs (`backends.echo`); NaN for a pair whose request
         failed, so one slow request costs one verdict, not the batch."""
+        if self._pending_check is not None:
+            self.check_scoring(*self._pending_check)  # raises if the server, now up, cannot score
         if not self._model_resolved:
             self._resolve_model_id()
         tokenizer = self.tokenizer
@@ -120,14 +123,22 @@ class OpenAIBackend:
             raise BackendError(f"backend is closed: {error}") from error
         return [future.result() for future in futures]
 
-    def check_scoring(self, conversation: Conversation, completion: str) -> None:
-        """Raise BackendError unless the server returns echoed log-probs that line up with its
-        tokens: the rank decision's start-up check, one request."""
+    def check_scoring(self, conversation: Conversation, completion: str) -> bool:
+        """The rank decision's start-up check, one request: raise BackendError unless the server
+        returns echoed log-probs that line up with its tokens. A server that does not answer (down,
+        still loading, 5xx) is no refusal: False, and the check runs again before the first
+        score, so a detector can start before its server."""
         if not self._model_resolved:
             self._resolve_model_id()
         tokenizer = self.tokenizer
         reply = self._post(echo.echo_body(self.model_id, echo.scoring_prompt(tokenizer, conversation, completion)),
                            "completions")
+        if reply.data is None and (reply.status is None or reply.status in _RETRYABLE_STATUS):
+            self._pending_check = (conversation, completion)
+            log.warning("server not reachable for the scoring check; it runs again before the first score",
+                        base_url=self._settings.base_url, error=reply.error)
+            return False
+        self._pending_check = None
         if reply.data is None:
             raise BackendError(f"the rank decision needs /v1/completions with echoed log-probs: {reply.error}")
         try:
@@ -135,6 +146,7 @@ class OpenAIBackend:
         except echo.EchoError as error:
             raise BackendError(f"the rank decision cannot use this server: {error}") from None
         log.info("server scores completions", model=self.model_id, base_url=self._settings.base_url)
+        return True
 
     @property
     def tokenizer(self) -> Any:

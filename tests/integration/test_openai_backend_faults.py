@@ -257,3 +257,31 @@ def test_malformed_response_is_an_error(serve: Callable[[Script], ScriptedServer
     finally:
         backend.close()
     assert generation.text is None and generation.error == "response without message content"
+
+
+def test_rank_decision_starts_before_its_server_and_checks_it_once_up(serve: Callable[[Script], ScriptedServer]) -> None:
+    """A detector may start while its server is down: the scoring check waits for the first
+    batch, and a server that then answers without echoed log-probs fails that batch, not the
+    process."""
+    port = free_port()
+    backend = make_backend(settings(f"http://127.0.0.1:{port}/v1", decision="rank", retries=0, timeout_s=2))
+    try:
+        down = backend.generate([template_messages("disk failure")])
+    finally:
+        backend.close()
+    assert down[0].text is None and "went unscored" in down[0].error
+
+    def no_echo(body: dict, n: int) -> tuple[int, dict, float]:
+        return 200, {"choices": [{"index": 0, "text": "x", "logprobs": None}]}, 0.0
+
+    def loading(body: dict, n: int) -> tuple[int, dict, float]:
+        return (503, {"error": "loading"}, 0.0) if n == 1 else no_echo(body, n)
+
+    server = serve(loading)
+    backend = make_backend(settings(server.base_url, decision="rank", retries=0))  # 503: not a refusal
+    try:
+        later = backend.generate([template_messages("disk failure")])
+    finally:
+        backend.close()
+    assert later[0].text is None and "no echoed log-probs" in later[0].error
+    assert all(body.get("echo") is True for body in server.bodies)
