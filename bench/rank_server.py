@@ -61,7 +61,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     threshold = load_threshold(args.adapter)
-    assert threshold is not None, f"{args.adapter} has no decision.json"
+    if threshold is None:
+        parser.error(f"{args.adapter} has no decision.json")
+    if args.gguf is None and args.convert_script is None:
+        parser.error("give --gguf or --convert-script")
     rng = random.Random(args.seed)
     sample = []
     for split in ("bgl_dev", "spirit_dev"):
@@ -74,7 +77,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = args.gguf
         if gguf is None:
-            assert args.convert_script is not None, "give --gguf or --convert-script"
             started = time.perf_counter()
             gguf = merged_gguf(args.adapter, args.convert_script, Path(tmp))
             print(f"merged and converted to {gguf.name} in {time.perf_counter() - started:.0f}s")

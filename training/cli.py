@@ -167,10 +167,9 @@ def hard_prompts_command(
 ) -> None:
     """GRPO prompts the SFT policy is torn on (log-likelihood margin of the gold vs the flipped draft)."""
     from rationanomaly.model.loading import load_causal_lm
-    from rationanomaly.training.data import load_split, write_jsonl
+    from rationanomaly.training.data import load_split, stratified_holdout, write_jsonl
     from rationanomaly.training.drafts import draft_all
     from rationanomaly.training.hardness import candidates, hardest, preference_margins
-    from rationanomaly.training.data import stratified_holdout
 
     pool, _ = stratified_holdout([e for s in _splits(splits) for e in load_split(s)], holdout, seed)
     examples = candidates(pool, limit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -207,8 +208,6 @@ def oversample_abnormal(examples: Sequence[LogExample], target_share: float, see
     The paper's SFT set is ~15% anomalous; F1 is on the rare class, so the rare class is shown
     more often (whole copies plus a seeded random remainder, deterministic for a seed).
     """
-    import random
-
     if not 0.0 < target_share < 1.0:
         raise ValueError(f"target_share must be in (0, 1), got {target_share}")
     abnormal = [e for e in examples if e.label == "abnormal"]
@@ -233,8 +232,6 @@ def stratified_holdout(examples: Sequence[LogExample], share: float,
     groups: dict[tuple[str, str], list[LogExample]] = {}
     for example in examples:
         groups.setdefault((example.provenance.dataset, example.label), []).append(example)
-    import random
-
     rng = random.Random(seed)
     train: list[LogExample] = []
     held: list[LogExample] = []

@@ -33,32 +33,32 @@ def _openai(settings: BackendSettings) -> Backend:
     except BackendError:
         backend.close()
         raise
-    return RankingBackend(backend, _rank_threshold(settings), batch_size=settings.batch_size)
+    threshold = _rank_threshold(settings)
+    return RankingBackend(backend, 0.0 if threshold is None else threshold, batch_size=settings.batch_size)
 
 
 def _transformers(settings: BackendSettings) -> Backend:
     from rationanomaly.model.backends.transformers import TransformersBackend
-    from rationanomaly.model.loading import resolve_adapter
-    from rationanomaly.model.ranking import RankingBackend, load_threshold
+    from rationanomaly.model.ranking import RankingBackend
 
     backend = TransformersBackend(settings)  # first: it turns a bad model or adapter into BackendError
     if settings.decision == "generate":
         return backend
-    if settings.decision == "auto" and settings.rank_threshold is None and load_threshold(resolve_adapter(settings.adapter)) is None:
-        return backend
-    return RankingBackend(backend, _rank_threshold(settings), batch_size=settings.batch_size)
+    threshold = _rank_threshold(settings)
+    if threshold is None and settings.decision == "auto":
+        return backend  # no calibrated rank decision shipped: generate
+    return RankingBackend(backend, 0.0 if threshold is None else threshold, batch_size=settings.batch_size)
 
 
-def _rank_threshold(settings: BackendSettings) -> float:
-    """The override, else the adapter's calibrated decision.json, else 0: the two answers
-    compared as they are."""
+def _rank_threshold(settings: BackendSettings) -> float | None:
+    """The override, else the adapter's calibrated decision.json; None when neither is there
+    (ranking then compares the two answers as they are, at 0)."""
     from rationanomaly.model.loading import resolve_adapter
     from rationanomaly.model.ranking import load_threshold
 
     if settings.rank_threshold is not None:
         return settings.rank_threshold
-    threshold = load_threshold(resolve_adapter(settings.adapter))
-    return 0.0 if threshold is None else threshold
+    return load_threshold(resolve_adapter(settings.adapter))
 
 
 def _vllm(settings: BackendSettings) -> Backend:

@@ -89,19 +89,22 @@ def locate(tokens: Sequence[str], completion: str) -> tuple[int, int]:
     if not target:
         raise EchoError("cannot locate a completion without ASCII text")
     pieces = [_ascii(token) for token in tokens]
-    starts, position = [], 0
-    for piece in pieces:
-        starts.append(position)
-        position += len(piece)
+    # Token boundaries in the ASCII text, by the non-empty pieces that start or end there.
+    first_at: dict[int, int] = {}
+    last_at: dict[int, int] = {}
+    position = 0
+    for i, piece in enumerate(pieces):
+        if piece:
+            first_at[position] = i
+            position += len(piece)
+            last_at[position] = i
     text = "".join(pieces)
     found = text.rfind(target)
     while found >= 0:
-        first = next((i for i, s in enumerate(starts) if s == found and pieces[i]), None)
         stop = found + len(target)
-        last = next((i for i in range(len(pieces) - 1, -1, -1) if pieces[i] and starts[i] + len(pieces[i]) == stop), None)
-        if first is not None and last is not None and first <= last:
-            return first, last + 1
-        found = text.rfind(target, 0, stop - 1)
+        if found in first_at and stop in last_at:
+            return first_at[found], last_at[stop] + 1
+        found = text.rfind(target, 0, stop - 1)  # the next occurrence to the left
     raise EchoError(f"the echo does not contain the completion on token boundaries ({completion[:60]!r})")
 
 
