@@ -353,5 +353,30 @@ def combine_command(
     typer.echo("\n".join(str(p) for p in write_report(combined, out)))
 
 
+@app.command("compare")
+def compare_command(
+    items_a: Path = typer.Argument(..., help="Items file of system A (the reference, e.g. SFT)."),
+    items_b: Path = typer.Argument(..., help="Items file of system B (e.g. SFT+GRPO), same eval files."),
+    system_a: str = typer.Option(None, help="System in A's file, when it holds several."),
+    system_b: str = typer.Option(None, help="System in B's file, when it holds several."),
+    rounds: int = typer.Option(5000, help="Paired bootstrap resamples."),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, help="Append the Markdown table to this file."),
+) -> None:
+    """Paired significance of B against A on the same items: bootstrap interval of ΔF1, McNemar."""
+    from rationanomaly.training.compare import compare, markdown, read_items
+
+    try:
+        a, b = read_items(items_a, system_a), read_items(items_b, system_b)
+        rows = compare(a, b, rounds, seed)
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    table = markdown(rows, system_a or items_a.stem, system_b or items_b.stem)
+    typer.echo(table)
+    if out is not None:
+        with out.open("a", encoding="utf-8") as f:
+            f.write(table + "\n")
+
+
 if __name__ == "__main__":
     app()

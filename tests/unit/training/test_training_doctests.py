@@ -14,6 +14,7 @@ MODULES = [
     "rationanomaly.training.callbacks",
     "rationanomaly.training.calibrate",
     "rationanomaly.training.margin",
+    "rationanomaly.training.compare",
 ]
 
 
