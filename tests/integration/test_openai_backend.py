@@ -15,18 +15,14 @@ import pytest
 from rationanomaly.model.backends import make_backend
 from rationanomaly.model.backends.openai import OpenAIBackend
 from rationanomaly.model.classifier import Classifier
-from rationanomaly.model.llama_server import LlamaServer, llama_server_available
+from rationanomaly.model.llama_server import LlamaServer
 from rationanomaly.model.parser import VerdictParseError, parse_verdict
 from rationanomaly.model.prompt import template_messages, window_messages
 from rationanomaly.model.settings import BackendSettings
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.skipif(
-        not llama_server_available(),
-        reason="llama_cpp is not importable: install the server extra, pip install 'rationanomaly[server]'",
-    ),
-]
+from tests.conftest import LLAMA_SERVER_MARKS
+
+pytestmark = LLAMA_SERVER_MARKS
 
 TEMPLATES = [
     "ciod: LOGIN chdir(<*>) failed: No such file or directory",

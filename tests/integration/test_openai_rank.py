@@ -16,20 +16,15 @@ import pytest
 from rationanomaly.model.backends import make_backend
 from rationanomaly.model.backends.openai import OpenAIBackend
 from rationanomaly.model.backends.transformers import TransformersBackend
-from rationanomaly.model.llama_server import LlamaServer, llama_server_available
+from rationanomaly.model.llama_server import LlamaServer
 from rationanomaly.model.parser import parse_verdict
 from rationanomaly.model.prompt import template_messages
 from rationanomaly.model.ranking import RankingBackend, candidates, decide
 from rationanomaly.model.settings import BackendSettings
 
-pytestmark = [
-    pytest.mark.server,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not llama_server_available(),
-        reason="llama_cpp is not importable: install the server extra, pip install 'rationanomaly[server]'",
-    ),
-]
+from tests.conftest import LLAMA_SERVER_MARKS
+
+pytestmark = [*LLAMA_SERVER_MARKS, pytest.mark.slow]
 
 # The base model's margins on these are far from 0 (−15 and +20 nats in-process), so the
 # verdict cannot flip on quantization noise.

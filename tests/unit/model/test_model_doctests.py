@@ -19,6 +19,7 @@ MODULES = [
     "rationanomaly.model.backends.echo",
     "rationanomaly.model.backends.transformers",
     "rationanomaly.model.ranking",
+    "rationanomaly.model.llama_server",
 ]
 
 
