@@ -12,18 +12,21 @@ from typing import Any
 
 import orjson
 
+from rationanomaly.stream.severity import RISK_SCORE, Severity
 from rationanomaly.stream.verdicts import Verdict, to_json
 
 ECS_VERSION = "8.17.0"
-OCSF_VERSION = "1.4.0"  # the first with is_alert
+OCSF_VERSION = "1.5.0"
 PRODUCT = "rationanomaly"
 VENDOR = "RationAnomaly"
-
-# Elastic's detection-rule bands: low 0-21, medium 22-47, high 48-73, critical 74-100.
-# An abnormal window is "high": a model's judgement, not yet a confirmed incident.
-_RISK = {"abnormal": 73.0, "normal": 0.0}
-# OCSF severity_id: 0 Unknown, 1 Informational, 4 High (ECS event.severity uses the same numbers).
-_SEVERITY = {"abnormal": (4, "High"), "normal": (1, "Informational"), "unknown": (0, "Unknown")}
+# OCSF risk_level_id by severity_id: 0 Info, 1 Low, 2 Medium, 3 High, 4 Critical.
+_RISK_LEVEL = {
+    Severity.INFORMATIONAL: (0, "Info"),
+    Severity.LOW: (1, "Low"),
+    Severity.MEDIUM: (2, "Medium"),
+    Severity.HIGH: (3, "High"),
+    Severity.CRITICAL: (4, "Critical"),
+}
 
 
 class OutputFormat(str, Enum):
@@ -41,12 +44,21 @@ def _explanation(v: Verdict) -> str | None:
     return v.rationale if v.verdict == "abnormal" and v.rationale else v.reason
 
 
+def _severity(v: Verdict) -> Severity:
+    """The verdict's severity (a verdict read back from before it carried one: by its label)."""
+    if v.severity is not None:
+        return Severity[v.severity.upper()]
+    return {"abnormal": Severity.HIGH, "normal": Severity.INFORMATIONAL}.get(v.verdict, Severity.UNKNOWN)
+
+
 def _details(v: Verdict) -> dict[str, Any]:
     """The verdict's own fields that neither schema has a place for."""
     w = v.window
     return {
         "schema_version": v.schema_version,
         "verdict": v.verdict,
+        "fault_class": v.fault_class,
+        "confidence": v.confidence,
         "reason": v.reason,
         "rationale": v.rationale,
         "ground_truth": v.ground_truth,
@@ -65,7 +77,7 @@ def _details(v: Verdict) -> dict[str, Any]:
 
 def to_ecs(v: Verdict) -> dict[str, Any]:
     w = v.window
-    severity, _ = _SEVERITY[v.verdict]
+    severity = _severity(v)
     event: dict[str, Any] = {
         "kind": "alert",
         "category": ["intrusion_detection"],
@@ -75,14 +87,14 @@ def to_ecs(v: Verdict) -> dict[str, Any]:
         "end": w.end,
         "created": v.created,
         "duration": (w.end_ms - w.start_ms) * 1_000_000,  # ECS durations are nanoseconds
-        "severity": severity,
+        "severity": int(severity),
         "dataset": f"{PRODUCT}.verdict",
         "module": PRODUCT,
     }
-    risk = _RISK.get(v.verdict)
+    risk = RISK_SCORE[severity]
     if risk is not None:  # an unknown verdict has no risk to report
-        event["risk_score"] = risk
-        event["risk_score_norm"] = risk
+        event["risk_score"] = float(risk)
+        event["risk_score_norm"] = float(risk)
     explanation = _explanation(v)
     if explanation:
         event["reason"] = explanation
@@ -114,7 +126,7 @@ def to_ecs(v: Verdict) -> dict[str, Any]:
 
 def to_ocsf(v: Verdict) -> dict[str, Any]:
     w = v.window
-    severity_id, severity = _SEVERITY[v.verdict]
+    severity = _severity(v)
     finding_info: dict[str, Any] = {
         "uid": v.verdict_id,
         "title": _summary(v),
@@ -129,7 +141,7 @@ def to_ocsf(v: Verdict) -> dict[str, Any]:
         "first_seen_time": w.start_ms,
         "last_seen_time": w.end_ms,
         "data_sources": [v.profile],
-        "types": ["Log anomaly"],
+        "types": ["Log anomaly"] + ([f"{v.fault_class} fault"] if v.fault_class else []),
     }
     explanation = _explanation(v)
     if explanation:
@@ -143,8 +155,8 @@ def to_ocsf(v: Verdict) -> dict[str, Any]:
         "activity_name": "Create",
         "type_uid": 200401,
         "type_name": "Detection Finding: Create",
-        "severity_id": severity_id,
-        "severity": severity,
+        "severity_id": int(severity),
+        "severity": severity.label,
         "time": w.end_ms,  # when the window's last line happened, as @timestamp in ECS
         "start_time": w.start_ms,
         "end_time": w.end_ms,
@@ -164,8 +176,9 @@ def to_ocsf(v: Verdict) -> dict[str, Any]:
         doc["confidence_score"] = round(v.confidence * 100)
     else:
         doc["confidence_id"] = 0  # Unknown: the model gives a label, not a calibrated score
-    if v.verdict in _RISK:
-        doc["risk_score"] = round(_RISK[v.verdict])
+    if RISK_SCORE[severity] is not None:
+        doc["risk_score"] = RISK_SCORE[severity]
+        doc["risk_level_id"], doc["risk_level"] = _RISK_LEVEL[severity]
     if w.key_by == "host":
         doc["device"] = {"hostname": w.key, "type_id": 0}
         doc["observables"] = [{"name": "device.hostname", "type_id": 1, "type": "Hostname", "value": w.key}]

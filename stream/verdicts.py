@@ -17,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from rationanomaly.stream.records import Label, VerdictLabel, Window, WindowKind
+from rationanomaly.stream.severity import FaultClassName, SeverityName, assess
 
 SCHEMA_VERSION = 1
 KeyKind = Literal["session", "host", "component", "none"]
@@ -112,6 +113,10 @@ class Verdict(_Model):
     rationale: str | None = None  # the step-by-step analysis behind an "abnormal" verdict
     model: ModelInfo
     confidence: float | None = Field(None, ge=0, le=1)  # only if a backend reports one
+    # From the abnormal templates' text and the confidence (stream/severity.py); None in
+    # verdicts written before they existed.
+    fault_class: FaultClassName | None = None
+    severity: SeverityName | None = None
     ground_truth: Label | None = None  # from labelled data (evaluation); never shown to the model
     profile: str
     detector_version: str
@@ -151,6 +156,7 @@ def build_verdict(
     w = judged.window
     counts = Counter(w.sequence)
     labels = judged.template_labels
+    assessment = assess(judged.label, w.templates, labels, confidence)
     return Verdict(
         verdict_id=verdict_id(profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version),
         verdict=judged.label,
@@ -173,6 +179,8 @@ def build_verdict(
         rationale=judged.rationale,
         model=ModelInfo(id=model_id, prompt_version=prompt_version, latency_ms=max(0.0, judged.latency_ms)),
         confidence=confidence,
+        fault_class=assessment.fault_class,
+        severity=assessment.severity.label,
         ground_truth=w.ground_truth,
         profile=profile,
         detector_version=detector_version,

@@ -56,7 +56,8 @@ def test_ecs_alert() -> None:
     assert event["category"] == ["intrusion_detection"] and event["type"] == ["info"]
     assert event["id"] == v.verdict_id
     assert (event["start"], event["end"], event["created"]) == (v.window.start, v.window.end, v.created)
-    assert event["risk_score"] == 73.0 and event["severity"] == 4
+    # An exception while writing: a software fault, Medium without a confidence to move it.
+    assert event["risk_score"] == 47.0 and event["severity"] == 3
     assert event["reason"] == v.rationale
     assert event["duration"] == 183_000 * 1_000_000
     assert doc["@timestamp"] == v.window.end and doc["ecs"]["version"]
@@ -67,6 +68,7 @@ def test_ecs_alert() -> None:
     custom = doc["rationanomaly"]
     assert custom["model"] == {"id": "smollm2-135m", "prompt_version": "p3", "latency_ms": 12.5}
     assert custom["verdict"] == "abnormal" and custom["ground_truth"] == "abnormal"
+    assert custom["fault_class"] == "software"
     assert [t["id"] for t in custom["templates"]] == ["tA", "tB"]
     assert custom["window"]["offsets"] == [{"topic": "hdfs-logs", "partition": 0, "first": 10, "last": 99}]
 
@@ -88,11 +90,13 @@ def test_ocsf_detection_finding() -> None:
     doc = to_ocsf(v)
     assert (doc["class_uid"], doc["category_uid"], doc["activity_id"], doc["type_uid"]) == (2004, 2, 1, 200401)
     assert doc["type_uid"] == doc["class_uid"] * 100 + doc["activity_id"]
-    assert doc["severity_id"] == 4 and doc["time"] == v.window.end_ms
+    assert (doc["severity_id"], doc["severity"]) == (3, "Medium") and doc["time"] == v.window.end_ms
+    assert (doc["risk_score"], doc["risk_level_id"]) == (47, 2)
     assert doc["metadata"]["product"] == {"name": "rationanomaly", "vendor_name": "RationAnomaly", "version": v.detector_version}
-    assert doc["metadata"]["version"] == "1.4.0"
+    assert doc["metadata"]["version"] == "1.5.0"
     info = doc["finding_info"]
     assert info["uid"] == v.verdict_id and info["title"]
+    assert info["types"] == ["Log anomaly", "software fault"]
     assert info["analytic"]["type_id"] == 4 and info["analytic"]["name"] == "smollm2-135m"
     assert info["desc"] == v.rationale
     assert (info["first_seen_time"], info["last_seen_time"], info["created_time"]) == (v.window.start_ms, v.window.end_ms, v.created_ms)
