@@ -87,6 +87,10 @@ DecisionOpt = Annotated[Optional[str], typer.Option("--decision", help="auto (ra
 BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://vllm:8000/v1")]
 
 
+PublishOpt = Annotated[Optional[str], typer.Option("--publish", help="all, or abnormal: only alerts on the output")]
+PublishUnknown = Annotated[
+    Optional[bool], typer.Option("--publish-unknown/--no-publish-unknown", help="Publish windows the model could not judge")
+]
 def _adapter(value: str | None) -> str | None:
     return None if value is None else ("" if value == "none" else value)
 
@@ -115,6 +119,10 @@ def run(
     decision: DecisionOpt = None,
     log_level: LogLevel = "INFO",
 ) -> None:
+    publish: PublishOpt = None,
+    publish_unknown: PublishUnknown = None,
+    full_topic: Annotated[Optional[str], typer.Option("--full-topic", help="Every verdict here too, beside a filtered output")] = None,
+    full_format: Annotated[Optional[str], typer.Option("--full-format", help="native, ecs or ocsf, for --full-topic")] = None,
     """Consume log lines from Kafka, publish verdicts with rationales to the output topic."""
     configure_logging(log_level)
     flags = {
@@ -127,6 +135,10 @@ def run(
         "output.exactly_once": exactly_once,
         "checkpoint.dir": checkpoint_dir,
         "metrics.port": metrics_port,
+        "output.publish": publish,
+        "output.publish_unknown": publish_unknown,
+        "output.full_topic": full_topic,
+        "output.full_format": full_format,
         **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
     }
     settings = _settings(config, flags)
@@ -160,12 +172,16 @@ def replay(
     decision: DecisionOpt = None,
     log_level: LogLevel = "WARNING",
 ) -> None:
+    publish: PublishOpt = None,
+    publish_unknown: PublishUnknown = None,
     """Run the same pipeline over history: files to JSONL, or a topic range to another topic."""
     configure_logging(log_level)
     flags = {
         "kafka.bootstrap_servers": bootstrap,
         **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
     }
+        "output.publish": publish,
+        "output.publish_unknown": publish_unknown,
     settings = _settings(config, flags)
     from rationanomaly.stream.replay import replay_files, replay_topic
 

@@ -22,7 +22,7 @@ from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import SourceRef
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
-from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink
+from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, routes_for
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +110,7 @@ class Detector:
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
-        sink = KafkaSink(self._producer, s.output.topic, s.output.dlq_topic, s.output.format)
+        sink = KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic)
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

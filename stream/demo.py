@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,21 +26,20 @@ def _create_topics(bootstrap: str, *names: str) -> None:
         future.result(30)
 
 
-def _read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[dict]:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"demo-reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
-    )
+def _verdict_reader(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"demo-reader-{uuid.uuid4().hex}",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    })  # fmt: skip
     consumer.subscribe([topic])
-    out: list[dict] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 1.0):
-                if msg.error() is None:
-                    out.append(orjson.loads(msg.value()))
-    finally:
-        consumer.close()
-    return out
+    return consumer
+
+
+def _verdict_line(verdict: dict) -> str:
+    window = verdict["window"]
+    return f"  {verdict['verdict']:<9} {window['key']:<26} lines={window['lines']:<3} id={verdict['verdict_id'][:12]}"
 
 
 def run_demo(bootstrap: str, blocks: int) -> int:
@@ -51,7 +51,10 @@ def run_demo(bootstrap: str, blocks: int) -> int:
     for line in lines:
         producer.produce(logs, value=line.encode())
     producer.flush(30)
-    print(f"produced {len(lines)} HDFS lines ({blocks} blocks) to {logs}; judging with the default model ...")
+    print(f"produced {len(lines)} HDFS lines ({blocks} blocks) to {logs}; judging with the default model ...", flush=True)
+    reader = _verdict_reader(bootstrap, verdicts)
+    results: list[dict] = []
+    failure: list[BaseException] = []
     with tempfile.TemporaryDirectory() as checkpoints:
         settings = load_settings(
             None,
@@ -61,15 +64,39 @@ def run_demo(bootstrap: str, blocks: int) -> int:
             checkpoint={"dir": Path(checkpoints)},
             metrics={"port": None},
         )
+        detector = Detector(settings, limits=RunLimits(stop_at_eof=True, max_seconds=900))
+
+        def judge() -> None:
+            try:
+                detector.run()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+                failure.append(exc)
+
+        # The detector runs beside a reader of its output topic, so each verdict is printed the
+        # moment it is published rather than all of them at the end.
         started = time.monotonic()
-        Detector(settings, limits=RunLimits(stop_at_eof=True, max_seconds=900)).run()
+        worker = threading.Thread(target=judge, name="detector", daemon=True)
+        worker.start()
+        try:
+            drain_until: float | None = None
+            while len(results) < blocks:
+                if drain_until is None and not worker.is_alive():
+                    drain_until = time.monotonic() + 30.0  # what it published is on its way
+                if drain_until is not None and time.monotonic() > drain_until:
+                    break
+                for msg in reader.consume(100, 0.5):
+                    if msg.error() is None:
+                        results.append(orjson.loads(msg.value()))
+                        print(_verdict_line(results[-1]), flush=True)
+            worker.join()
+        finally:
+            reader.close()
         seconds = time.monotonic() - started
-    results = _read_all(bootstrap, verdicts, expected=blocks)
+    if failure:
+        raise failure[0]
     abnormal = [v for v in results if v["verdict"] == "abnormal"]
     print(f"{len(results)} verdicts in {seconds:.1f}s on {verdicts}: {len(abnormal)} abnormal, "
           f"{sum(v['verdict'] == 'unknown' for v in results)} unknown")
-    for v in sorted(results, key=lambda v: v["window"]["start_ms"]):
-        print(f"  {v['verdict']:<9} {v['window']['key']:<26} lines={v['window']['lines']:<3} id={v['verdict_id'][:12]}")
     for v in abnormal[:3]:
         print(f"\nwhy {v['window']['key']} is abnormal:\n  " + (v.get("rationale") or "").replace("\n", "\n  "))
     return 0 if len(results) == blocks else 1

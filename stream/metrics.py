@@ -11,7 +11,13 @@ class DetectorMetrics:
         r = self.registry
         self.lines = Counter("rationanomaly_lines", "Log lines read", registry=r)
         self.windows = Counter("rationanomaly_windows", "Windows closed", ["kind"], registry=r)
-        self.verdicts = Counter("rationanomaly_verdicts", "Verdicts published", ["verdict"], registry=r)
+        self.verdicts = Counter("rationanomaly_verdicts", "Verdicts of judged windows, by label", ["verdict"], registry=r)
+        self.withheld = Counter(
+            "rationanomaly_verdicts_withheld",
+            "Verdicts kept off the output topic by output.publish (still committed)",
+            ["verdict"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "rationanomaly_dead_letters", "Records sent to the dead-letter topic", ["stage"], registry=r
         )
@@ -20,6 +26,11 @@ class DetectorMetrics:
             "rationanomaly_model_latency_seconds",
             "Latency of one model request",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.model_degraded = Gauge(
+            "rationanomaly_model_degraded",
+            "1 while the model's latest fresh answers failed (timeout, backend error), 0 once one succeeds",
             registry=r,
         )
         self.queue_depth = Gauge("rationanomaly_queue_depth", "Windows waiting for the model", registry=r)

@@ -8,6 +8,7 @@ verdicts and ids on every path. It never reads the clock: callers pass wall time
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import structlog
@@ -21,11 +22,16 @@ from rationanomaly.stream.parsing import TemplateParser
 from rationanomaly.stream.profiles import HeaderParser, resolve_profile
 from rationanomaly.stream.records import DeadLetter, ParsedLog, SourceRef, Window
 from rationanomaly.stream.settings import DetectorSettings
+from rationanomaly.stream.siem import selected
 from rationanomaly.stream.sinks import VerdictSink
 from rationanomaly.stream.verdicts import Verdict, build_verdict
 from rationanomaly.stream.windows import Windower
 
 log = structlog.get_logger(__name__)
+
+# The reasons an `unknown` verdict gives when the model could not be reached or failed
+# (model.classifier.failure_reason, the judge worker's crash), not when it answered badly.
+_BACKEND_FAILURE = re.compile(r"\b(?:timeout|backend error|judge failed)")
 
 
 @dataclass(slots=True)
@@ -204,6 +210,10 @@ class Pipeline:
         self._sink.emit(verdict)
         self.verdicts += 1
         self._metrics.verdicts.labels(verdict.verdict).inc()
+        out = self._settings.output
+        if not selected(verdict.verdict, out.publish, out.publish_unknown):
+            self._metrics.withheld.labels(verdict.verdict).inc()
+        self._track_model_health(judged)
         partition, window = self._held.pop(id(judged.window))
         self.ledger.release(id(judged.window))
         state = self._states.get(partition)
@@ -211,6 +221,15 @@ class Pipeline:
             for rng in window.offsets:
                 if rng.partition == partition:
                     state.produced[window.key] = max(state.produced.get(window.key, -1), rng.last)
+
+    def _track_model_health(self, judged: JudgedWindow) -> None:
+        """Degraded while windows come back unknown for a backend failure; healthy again at the
+        first answer the model gave afresh (a cached answer says nothing about the model now)."""
+        if judged.label == "unknown":
+            if judged.reason and _BACKEND_FAILURE.search(judged.reason):
+                self._metrics.model_degraded.set(1)
+        elif judged.latency_ms > 0:
+            self._metrics.model_degraded.set(0)
 
     @property
     def in_flight(self) -> int:

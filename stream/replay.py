@@ -23,7 +23,7 @@ from rationanomaly.model.backends import Backend
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.records import SourceRef
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
-from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, JsonlSink, KafkaSink, VerdictSink
+from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, JsonlSink, KafkaSink, VerdictSink, routes_for
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +113,8 @@ def replay_files(
     backend: Backend | None = None,
     progress: bool | None = None,
 ) -> ReplaySummary:
-    sink = JsonlSink(out, settings.output.format, dlq_path)
+    # A file gets the output topic's stream: `output.publish` filters it the same way.
+    sink = JsonlSink(out, routes_for(settings.output)[0], dlq_path)
     engine = build_engine(settings, sink, backend=backend)
     bar = Progress(progress)
     try:
@@ -177,7 +178,8 @@ def replay_topic(
         {**kafka, "group.id": f"{settings.kafka.group_id}-replay", "enable.auto.commit": False, "enable.partition.eof": True}
     )
     producer = Producer({**kafka, "enable.idempotence": True, "message.max.bytes": MAX_MESSAGE_BYTES, "linger.ms": 20})
-    sink: VerdictSink = KafkaSink(producer, output_topic, settings.output.dlq_topic, settings.output.format)
+    # Only the output stream: a replay must not mix history into a live analysts' full topic.
+    sink: VerdictSink = KafkaSink(producer, routes_for(settings.output, output_topic)[:1], settings.output.dlq_topic)
     engine = build_engine(settings, sink, backend=backend)
     bar = Progress(progress)
     try:

@@ -19,7 +19,7 @@ from rationanomaly.stream.decoding import DecodeSettings
 from rationanomaly.stream.parsing import ParsingSettings
 from rationanomaly.stream.profiles import ProfileSettings
 from rationanomaly.stream.records import JudgeMode
-from rationanomaly.stream.siem import OutputFormat
+from rationanomaly.stream.siem import OutputFormat, Publish
 from rationanomaly.stream.windows import WindowSettings
 
 
@@ -107,9 +107,25 @@ class OutputSettings(_Section):
     format: OutputFormat = OutputFormat.NATIVE
     exactly_once: bool = False
     transactional_id: str | None = None  # defaults to "<group>-<input topic>"
+    # What `topic` carries: every verdict, or only abnormal ones (a SIEM's alert stream);
+    # `publish_unknown` adds or drops the windows the model could not judge, either way.
+    publish: Publish = Publish.ALL
+    publish_unknown: bool = True
+    # A second topic with every verdict (analysts, evaluation) beside a filtered `topic`.
+    full_topic: str | None = None
+    full_format: OutputFormat = OutputFormat.NATIVE
 
 
 class CheckpointSettings(_Section):
+    @model_validator(mode="after")
+    def _topics_apart(self) -> OutputSettings:
+        if self.full_topic is not None and self.full_topic in (self.topic, self.dlq_topic):
+            raise ValueError(
+                f"output.full_topic ({self.full_topic}) must differ from output.topic and "
+                "output.dlq_topic, or one topic would carry two streams"
+            )
+        return self
+
     dir: Path = Path.home() / ".cache" / "rationanomaly" / "checkpoints"
     interval_s: float = Field(5.0, gt=0)
 

@@ -35,6 +35,29 @@ class OutputFormat(str, Enum):
     OCSF = "ocsf"
 
 
+class Publish(str, Enum):
+    """Which verdicts a stream carries: every one, or only those a SOC acts on."""
+
+    ALL = "all"
+    ABNORMAL = "abnormal"
+
+
+def selected(label: str, publish: Publish, unknown: bool) -> bool:
+    """Whether a verdict with this label goes to a stream published with these settings.
+
+    `unknown` (the model could not judge the window) is chosen on its own: an alert stream may
+    want to hear that a window went unjudged, or not.
+
+    >>> [selected(x, Publish.ABNORMAL, unknown=False) for x in ("abnormal", "normal", "unknown")]
+    [True, False, False]
+    >>> [selected(x, Publish.ALL, unknown=False) for x in ("abnormal", "normal", "unknown")]
+    [True, True, False]
+    """
+    if label == "unknown":
+        return unknown
+    return publish is Publish.ALL or label == "abnormal"
+
+
 def _summary(v: Verdict) -> str:
     w = v.window
     return f"{v.verdict} {w.kind.value} window {w.key} ({w.lines} lines, {len(v.templates)} templates, {v.profile})"

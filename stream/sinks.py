@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -11,7 +13,8 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 
 from rationanomaly.stream.records import DeadLetter
-from rationanomaly.stream.siem import OutputFormat, render
+from rationanomaly.stream.settings import OutputSettings
+from rationanomaly.stream.siem import OutputFormat, Publish, render, selected
 from rationanomaly.stream.verdicts import Verdict
 
 log = structlog.get_logger(__name__)
@@ -45,14 +48,41 @@ class DeliveryError(RuntimeError):
     pass
 
 
-class KafkaSink:
-    """Publishes verdicts keyed by window key, timestamped at the window's end (event time)."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One verdict stream: a topic, the shape of its records, and which verdicts it carries."""
 
-    def __init__(self, producer: Producer, topic: str, dlq_topic: str, fmt: OutputFormat) -> None:
+    topic: str
+    fmt: OutputFormat = OutputFormat.NATIVE
+    publish: Publish = Publish.ALL
+    unknown: bool = True
+
+    def takes(self, verdict: Verdict) -> bool:
+        return selected(verdict.verdict, self.publish, self.unknown)
+
+
+def routes_for(output: OutputSettings, topic: str | None = None) -> list[Route]:
+    """The output topic (filtered as `output.publish` says), then the full stream if configured.
+
+    A verdict a route does not take is still published for the offsets' sake: the pipeline
+    releases its window either way, so a filtered window is neither lost nor judged again.
+    """
+    routes = [Route(topic or output.topic, output.format, output.publish, output.publish_unknown)]
+    if output.full_topic is not None:
+        routes.append(Route(output.full_topic, output.full_format))
+    return routes
+
+
+class KafkaSink:
+    """Publishes verdicts keyed by window key, timestamped at the window's end (event time),
+    to each route that takes them."""
+
+    def __init__(self, producer: Producer, routes: Sequence[Route], dlq_topic: str) -> None:
+        if not routes:
+            raise ValueError("a Kafka sink needs at least one verdict route")
         self._producer = producer
-        self._topic = topic
+        self._routes = tuple(routes)
         self._dlq_topic = dlq_topic
-        self._fmt = fmt
         self._failures: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:  # librdkafka calls this from poll()/flush()
@@ -69,13 +99,19 @@ class KafkaSink:
                 self._producer.poll(0.5)
 
     def emit(self, verdict: Verdict) -> None:
-        self._produce(
-            self._topic,
-            key=verdict.window.key.encode(),
-            value=render(verdict, self._fmt),
-            timestamp=verdict.window.end_ms,
-            headers=[("rationanomaly.verdict", verdict.verdict.encode())],
-        )
+        # Headers let a consumer or a Kafka Connect filter route without parsing the value.
+        headers = [("rationanomaly.verdict", verdict.verdict.encode())]
+        if verdict.severity is not None:
+            headers.append(("rationanomaly.severity", verdict.severity.encode()))
+        for route in self._routes:
+            if route.takes(verdict):
+                self._produce(
+                    route.topic,
+                    key=verdict.window.key.encode(),
+                    value=render(verdict, route.fmt),
+                    timestamp=verdict.window.end_ms,
+                    headers=headers,
+                )
         self._producer.poll(0)
 
     def dead_letter(self, letter: DeadLetter) -> None:
@@ -98,17 +134,20 @@ class KafkaSink:
 
 
 class JsonlSink:
-    """Replay output: one rendered verdict a line; dead letters beside it (`<out>.dlq.jsonl`)."""
+    """Replay output: one rendered verdict a line, those `route` takes; dead letters beside it
+    (`<out>.dlq.jsonl`)."""
 
-    def __init__(self, out: IO[bytes], fmt: OutputFormat, dlq_path: Path | None) -> None:
+    def __init__(self, out: IO[bytes], fmt: OutputFormat | Route, dlq_path: Path | None) -> None:
         self._out = out
-        self._fmt = fmt
+        self._route = fmt if isinstance(fmt, Route) else Route("", OutputFormat(fmt))
         self._dlq_path = dlq_path
         self._dlq: IO[bytes] | None = None
         self.dead_letters = 0
 
     def emit(self, verdict: Verdict) -> None:
-        self._out.write(render(verdict, self._fmt))
+        if not self._route.takes(verdict):
+            return
+        self._out.write(render(verdict, self._route.fmt))
         self._out.write(b"\n")
 
     def dead_letter(self, letter: DeadLetter) -> None:
