@@ -115,8 +115,6 @@ class OutputSettings(_Section):
     full_topic: str | None = None
     full_format: OutputFormat = OutputFormat.NATIVE
 
-
-class CheckpointSettings(_Section):
     @model_validator(mode="after")
     def _topics_apart(self) -> OutputSettings:
         if self.full_topic is not None and self.full_topic in (self.topic, self.dlq_topic):
@@ -126,6 +124,8 @@ class CheckpointSettings(_Section):
             )
         return self
 
+
+class CheckpointSettings(_Section):
     dir: Path = Path.home() / ".cache" / "rationanomaly" / "checkpoints"
     interval_s: float = Field(5.0, gt=0)
 
