@@ -85,12 +85,12 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', a h
 AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter path, 'default' or 'none'")]
 DecisionOpt = Annotated[Optional[str], typer.Option("--decision", help="auto (rank if the adapter ships decision.json), generate or rank")]
 BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://vllm:8000/v1")]
-
-
 PublishOpt = Annotated[Optional[str], typer.Option("--publish", help="all, or abnormal: only alerts on the output")]
 PublishUnknown = Annotated[
     Optional[bool], typer.Option("--publish-unknown/--no-publish-unknown", help="Publish windows the model could not judge")
 ]
+
+
 def _adapter(value: str | None) -> str | None:
     return None if value is None else ("" if value == "none" else value)
 
@@ -117,12 +117,12 @@ def run(
     adapter: AdapterOpt = None,
     base_url: BaseUrl = None,
     decision: DecisionOpt = None,
-    log_level: LogLevel = "INFO",
-) -> None:
     publish: PublishOpt = None,
     publish_unknown: PublishUnknown = None,
     full_topic: Annotated[Optional[str], typer.Option("--full-topic", help="Every verdict here too, beside a filtered output")] = None,
     full_format: Annotated[Optional[str], typer.Option("--full-format", help="native, ecs or ocsf, for --full-topic")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
     """Consume log lines from Kafka, publish verdicts with rationales to the output topic."""
     configure_logging(log_level)
     flags = {
@@ -133,12 +133,12 @@ def run(
         "output.topic": output_topic,
         "output.dlq_topic": dlq_topic,
         "output.exactly_once": exactly_once,
-        "checkpoint.dir": checkpoint_dir,
-        "metrics.port": metrics_port,
         "output.publish": publish,
         "output.publish_unknown": publish_unknown,
         "output.full_topic": full_topic,
         "output.full_format": full_format,
+        "checkpoint.dir": checkpoint_dir,
+        "metrics.port": metrics_port,
         **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
     }
     settings = _settings(config, flags)
@@ -170,18 +170,18 @@ def replay(
     adapter: AdapterOpt = None,
     base_url: BaseUrl = None,
     decision: DecisionOpt = None,
-    log_level: LogLevel = "WARNING",
-) -> None:
     publish: PublishOpt = None,
     publish_unknown: PublishUnknown = None,
+    log_level: LogLevel = "WARNING",
+) -> None:
     """Run the same pipeline over history: files to JSONL, or a topic range to another topic."""
     configure_logging(log_level)
     flags = {
         "kafka.bootstrap_servers": bootstrap,
-        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
-    }
         "output.publish": publish,
         "output.publish_unknown": publish_unknown,
+        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
+    }
     settings = _settings(config, flags)
     from rationanomaly.stream.replay import replay_files, replay_topic
 
