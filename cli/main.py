@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 model_app = typer.Typer(no_args_is_help=True, help="The model: prepare the default, probe a server.")
 app.add_typer(model_app, name="model")
+profile_app = typer.Typer(no_args_is_help=True, help="Log format profiles: infer one from your own logs.")
+app.add_typer(profile_app, name="profile")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file (sections as in DetectorSettings)")]
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")]
@@ -231,6 +233,29 @@ def model_prepare(
     from rationanomaly.model.loading import prepare_default_model
 
     typer.echo(str(prepare_default_model(cache_dir)))
+
+
+@profile_app.command("infer")
+def profile_infer(
+    files: Annotated[list[Path], typer.Argument(help="Sample log files (plain or gzip), all of one format")],
+    lines: Annotated[int, typer.Option("--lines", help="Sample size, shared among the files")] = 2000,
+    name: Annotated[str, typer.Option("--name", help="The profile's name")] = "inferred",
+    year: Annotated[Optional[int], typer.Option("--year", help="Year for timestamps that have none (default: this year)")] = None,
+) -> None:
+    """Propose a profile for FILES, as YAML for the settings file, with its coverage of the sample."""
+    from datetime import datetime, timezone
+
+    from rationanomaly.stream.inference import infer_profile, read_sample, render
+
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise typer.BadParameter(f"no such file: {', '.join(missing)}")
+    sample = read_sample(files, lines)
+    if not sample:
+        typer.echo("the files hold no non-blank line", err=True)
+        raise typer.Exit(1)
+    inference = infer_profile(sample, year=year or datetime.now(timezone.utc).year, name=name)
+    typer.echo(render(inference, [str(f) for f in files]), nl=False)
 
 
 def _mount_training() -> None:

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from rationanomaly.stream.checkpoint import Checkpoint
+from rationanomaly.stream.deadletters import DeadLetterLog
 from rationanomaly.stream.decoding import Decoder
+from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.judging import JudgedWindow, JudgeWorker
 from rationanomaly.stream.ledger import OffsetLedger
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.parsing import TemplateParser
-from rationanomaly.stream.profiles import HeaderParser, resolve_profile
 from rationanomaly.stream.records import DeadLetter, ParsedLog, SourceRef, Window
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.siem import selected
@@ -43,6 +44,7 @@ class PartitionState:
     # key -> last offset of a window already published; see checkpoint.py for why.
     produced: dict[str, int] = field(default_factory=dict)
     replay_until: int = -1  # the largest offset in `produced` from the restored checkpoint
+    prune_at: int = 1024  # size of `produced` that triggers pruning it (replay never checkpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +68,14 @@ class Pipeline:
         self._metrics = metrics
         self._identity = identity
         self._decoder = Decoder(settings.input.decode)
-        self._profile = resolve_profile(settings.profile)
-        self._headers = HeaderParser(self._profile)
+        self._headers = ProfileSplitter(settings.profile)
+        self._profile = self._headers.profile
+        self._dead_log = DeadLetterLog()
+        self._warned_record_time = False
         self._key_by = None if settings.windows.key_by == "none" else settings.windows.key_by
         self._states: dict[int, PartitionState] = {}
         self._held: dict[int, tuple[int, Window]] = {}  # id(window) -> (partition, window)
+        self._forced: dict[str, int] = {}  # memory cap -> windows it closed, for the logs
         self.ledger = OffsetLedger()
         self.lines = 0
         self.windows = 0
@@ -130,6 +135,15 @@ class Pipeline:
         if isinstance(header, DeadLetter):
             self._dead(header)
             return
+        if header.time_from_record and not self._warned_record_time:
+            self._warned_record_time = True
+            log.warning(
+                "event_time_from_record",
+                source=str(source),
+                profile=self._profile.name,
+                detail="lines without a timestamp of their own take the record's time (Kafka's "
+                "timestamp, or on a file replay the file's modification time plus the line number in ms)",
+            )
         parsed = ParsedLog(
             source=source,
             event_time_ms=header.event_time_ms,
@@ -153,16 +167,28 @@ class Pipeline:
     def _dead(self, letter: DeadLetter) -> None:
         self.dead_letters += 1
         self._metrics.dead_letters.labels(letter.stage).inc()
-        log.warning("dead_letter", source=str(letter.source), stage=letter.stage, error=letter.error[:200])
+        self._dead_log.add(letter)
         self._sink.dead_letter(letter)
 
     def _submit(self, partition: int, windows: list[Window]) -> None:
         for window in windows:
             self.windows += 1
             self._metrics.windows.labels(window.kind.value).inc()
+            if window.forced is not None:
+                self._note_forced(partition, window)
             self._held[id(window)] = (partition, window)
             self.ledger.hold(id(window), window.offsets)
             self._worker.submit(window)
+
+    def _note_forced(self, partition: int, window: Window) -> None:
+        self._metrics.windows_forced.labels(window.forced).inc()
+        count = self._forced.get(window.forced, 0) + 1
+        self._forced[window.forced] = count
+        if count & (count - 1) == 0:  # 1, 2, 4, 8 ...: a flood is visible without flooding the log
+            log.warning(
+                "window_closed_early", cap=window.forced, key=window.key, lines=window.lines,
+                partition=partition, times=count, setting=f"windows.{window.forced}",
+            )
 
     # -- time and end of input -------------------------------------------------------------
     def advance(self, now_s: float, idle: bool = True) -> None:
@@ -172,6 +198,7 @@ class Pipeline:
         a partition we stopped reading is not idle, and closing its windows early would split them.
         """
         idle_s = self._settings.input.idle_timeout_s
+        self._dead_log.tick()
         for partition, state in self._states.items():
             closed = state.windower.advance(state.watermark_ms)
             if not idle:
@@ -182,13 +209,23 @@ class Pipeline:
                 state.last_activity_s = None
             if closed:
                 self._submit(partition, closed)
+        self.observe()
+
+    def observe(self) -> None:
+        """The bounded quantities, as gauges (once per poll, not per line)."""
+        states = self._states.values()
+        self._metrics.open_windows.set(sum(s.windower.open_count for s in states))
+        self._metrics.held_lines.set(sum(s.windower.held_lines for s in states))
+        self._metrics.drain_clusters.set(sum(s.parser.size for s in states))
 
     def finish(self) -> None:
         """End of input: every open window closes now."""
+        self._dead_log.flush()
         for partition, state in self._states.items():
             closed = state.windower.flush()
             if closed:
                 self._submit(partition, closed)
+        self.observe()
 
     def publish(self, created_ms: int) -> int:
         """Hand judged windows to the sink; returns how many were published."""
@@ -221,6 +258,24 @@ class Pipeline:
             for rng in window.offsets:
                 if rng.partition == partition:
                     state.produced[window.key] = max(state.produced.get(window.key, -1), rng.last)
+            if len(state.produced) >= state.prune_at:
+                self._prune_produced(partition, state)
+
+    def _prune_produced(self, partition: int, state: PartitionState) -> None:
+        """Forget published keys below the committable offset: no restart re-reads their lines.
+        `checkpoint` does this on every commit; replay never commits, and a million distinct keys
+        would otherwise stay here. Beyond `windows.max_open_windows` keys (an old window pinning
+        the commit offset while a burst of keys goes by), the oldest are forgotten too: after a
+        crash their windows are published again, with the same verdict_id, rather than held here."""
+        low = self.committable(partition)
+        produced = state.produced
+        if low is not None:
+            produced = {k: last for k, last in produced.items() if last >= low}
+        cap = self._settings.windows.max_open_windows
+        if len(produced) > cap:
+            produced = dict(sorted(produced.items(), key=lambda item: item[1])[-cap:])
+        state.produced = produced
+        state.prune_at = 2 * len(produced) + 1024
 
     def _track_model_health(self, judged: JudgedWindow) -> None:
         """Degraded while windows come back unknown for a backend failure; healthy again at the

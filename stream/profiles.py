@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -213,6 +214,9 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
         ),
         # The whole line is content; the event time is the envelope's or the Kafka record's.
         FormatProfile(name="raw", log_format="<Content>"),
+        # Split by stream/generic.py instead (any timestamp and level near the line's start);
+        # the format here only names it.
+        FormatProfile(name="generic", log_format="<Content>"),
     )
 }
 
@@ -224,6 +228,9 @@ class ProfileSettings(BaseModel):
 
     name: str = "hdfs"
     custom: FormatProfile | None = None
+    # "generic": a line the profile cannot split goes through the generic profile (a topic that
+    # mixes formats) instead of the dead-letter queue. None: such a line is a dead letter.
+    fallback: Literal["generic"] | None = None
 
     @model_validator(mode="after")
     def _known(self) -> ProfileSettings:
@@ -308,6 +315,7 @@ class HeaderParser:
         if match is None:
             return self._dead(record, f"line does not match profile {self.profile.name!r} ({self.profile.log_format})")
         group = match.group
+        from_record = False
         if self._clock is not None:
             stamp = group(*self._time) if len(self._time) == 1 else " ".join(group(*self._time))
             try:
@@ -317,9 +325,9 @@ class HeaderParser:
                     record, f"timestamp {stamp!r} does not fit {self.profile.timestamp_format!r} (profile {self.profile.name!r})"
                 )
         elif record.event_time_ms is not None:
-            event_ms = record.event_time_ms
+            event_ms, from_record = record.event_time_ms, True
         elif record.timestamp_ms is not None:
-            event_ms = record.timestamp_ms
+            event_ms, from_record = record.timestamp_ms, True
         else:
             return self._dead(
                 record, f"no event time: profile {self.profile.name!r} reads none and the record has no timestamp"
@@ -337,6 +345,7 @@ class HeaderParser:
             level=group(self._level) if self._level else None,
             component=group(self._component) if self._component else None,
             ground_truth=label,
+            time_from_record=from_record,
         )
 
     @staticmethod

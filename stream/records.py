@@ -12,6 +12,8 @@ from typing import Literal
 
 Label = Literal["normal", "abnormal"]
 VerdictLabel = Literal["normal", "abnormal", "unknown"]
+# The memory cap that closed a window early (stream/windows.py): the setting's name.
+ForcedBy = Literal["max_open_windows", "max_window_lines", "max_held_lines"]
 
 
 class WindowKind(str, Enum):
@@ -59,6 +61,9 @@ class Header:
     level: str | None = None
     component: str | None = None
     ground_truth: Label | None = None  # from the profile's label field; never shown to the model
+    # The line had no time of its own and the record's stands in (for a one-time warning); not
+    # part of what the header says, so not compared.
+    time_from_record: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,7 @@ class Window:
     offsets: tuple[OffsetRange, ...]
     topic: str
     ground_truth: Label | None = None  # abnormal if any line's label is
+    forced: ForcedBy | None = None  # closed early by a memory cap; None: closed by time or count
 
 
 @dataclass(frozen=True, slots=True)
