@@ -25,6 +25,11 @@ from rationanomaly.model.lexicon import (
 )
 from rationanomaly.model.parser import Label
 
+# Part of the rank decision's identity (its `model_id`, hence every verdict_id and the template
+# cache key): bump whenever a draft's text can change, here or in `model.lexicon`. A test pins the
+# drafts of a fixed set of templates to this version.
+DRAFTS_VERSION: str = "ra-drafts-1"
+
 # Phrases that explain why a line with trouble words is still routine; each needs its cue.
 _BENIGN_REASONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bcorrect(?:ed|able|ing)?\b", re.I), "the condition was corrected"),

@@ -29,7 +29,7 @@ import orjson
 import structlog
 
 from rationanomaly.model.backends.base import BackendError, Conversation, Generation
-from rationanomaly.model.drafts import draft_template, draft_window
+from rationanomaly.model.drafts import DRAFTS_VERSION, draft_template, draft_window
 from rationanomaly.model.parser import Label
 from rationanomaly.model.prompt import completion_text, read_log
 
@@ -122,6 +122,18 @@ def save_threshold(adapter_dir: str | Path, threshold: float, **provenance: obje
     return path
 
 
+def rank_model_id(scorer_id: str, threshold: float) -> str:
+    """The rank decision's identity: the scoring model's, the decision, its threshold and the
+    drafts it chooses between. Any of them changes a verdict, so each changes the id (and with
+    it every verdict_id and the template cache's key).
+
+    >>> rank_model_id("smollm2+adapter@7c0f1c06e4ac", -1.2113)
+    'smollm2+adapter@7c0f1c06e4ac+rank(threshold=-1.2113,drafts=ra-drafts-1)'
+    """
+    # repr: the shortest text that reads back as the same float, so two thresholds never share it.
+    return f"{scorer_id}+rank(threshold={float(threshold)!r},drafts={DRAFTS_VERSION})"
+
+
 class RankingBackend:
     """`Backend` that answers by rank classification over a scoring backend's log-likelihoods."""
 
@@ -134,7 +146,7 @@ class RankingBackend:
         self._score: Scorer = score
         self.threshold = threshold
         self._batch_size = batch_size
-        self.model_id: str = f"{getattr(scorer, 'model_id', 'model')}+rank"
+        self.model_id: str = rank_model_id(str(getattr(scorer, "model_id", "model")), threshold)
 
     def generate(self, conversations: Sequence[Conversation]) -> list[Generation]:
         results: list[Generation] = []

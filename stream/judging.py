@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,21 +78,32 @@ def combine(labels: list[VerdictLabel]) -> VerdictLabel:
     return "normal"
 
 
+_CACHE_VERSION = 2  # 2: each entry is [label, rationale, confidence]
+
+
 class TemplateCache:
-    """Judgements by template id.
+    """Judgements by template id, at most `max_templates` (least recently used go first: a
+    flood of one-off templates must not grow it without end; one that returns is judged again).
 
     An `unknown` answer (the model failed after its retries) is kept only for `unknown_ttl_s`:
     asking again for every window would multiply the model's load exactly when it struggles.
     """
 
-    def __init__(self, unknown_ttl_s: float = 300.0) -> None:
-        self._by_id: dict[str, Judgement] = {}
+    def __init__(self, unknown_ttl_s: float = 300.0, max_templates: int = 100_000,
+                 on_evict: Callable[[], None] | None = None) -> None:
+        self._by_id: OrderedDict[str, Judgement] = OrderedDict()
         self._unknown: dict[str, tuple[float, Judgement]] = {}
         self._ttl_s = unknown_ttl_s
+        self._max = max_templates
+        self._on_evict = on_evict
 
     def get(self, template_id: str) -> Judgement | None:
         found = self._by_id.get(template_id)
         if found is not None:
+            try:
+                self._by_id.move_to_end(template_id)
+            except KeyError:  # evicted by the judging thread since the lookup: still a hit
+                pass
             return found
         failed = self._unknown.get(template_id)
         if failed is not None:
@@ -106,14 +118,19 @@ class TemplateCache:
         else:
             self._unknown.pop(template_id, None)
             self._by_id[template_id] = judgement
+            self._by_id.move_to_end(template_id)
+            while len(self._by_id) > self._max:
+                self._by_id.popitem(last=False)
+                if self._on_evict is not None:
+                    self._on_evict()
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def save(self, path: Path, model_id: str, prompt_version: str) -> None:
         """Answers survive restarts: a restarted detector does not ask the model again."""
-        entries = {tid: [j.label, j.rationale] for tid, j in self._by_id.items()}
-        payload = {"version": 1, "model_id": model_id, "prompt_version": prompt_version, "templates": entries}
+        entries = {tid: [j.label, j.rationale, j.confidence] for tid, j in self._by_id.items()}
+        payload = {"version": _CACHE_VERSION, "model_id": model_id, "prompt_version": prompt_version, "templates": entries}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(payload))
@@ -128,11 +145,15 @@ class TemplateCache:
         except orjson.JSONDecodeError:
             log.warning("template_cache_unreadable", path=str(path))
             return 0
-        if payload.get("version") != 1 or (payload.get("model_id"), payload.get("prompt_version")) != (model_id, prompt_version):
-            return 0  # another model or prompt: its answers say nothing about this one's
-        for tid, (label, rationale) in payload["templates"].items():
+        if payload.get("version") != _CACHE_VERSION:
+            # Version 1 kept no confidence: its hits would publish verdicts without one.
+            log.info("template_cache_ignored", path=str(path), reason=f"format version {payload.get('version')!r}")
+            return 0
+        if (payload.get("model_id"), payload.get("prompt_version")) != (model_id, prompt_version):
+            return 0  # another model, decision or prompt: its answers say nothing about this one's
+        for tid, (label, rationale, confidence) in payload["templates"].items():
             if label in ("normal", "abnormal"):
-                self._by_id[tid] = Judgement(label, rationale, None, 0.0, 0, None)
+                self.put(tid, Judgement(label, rationale, None, 0.0, 0, None, confidence))
         return len(self._by_id)
 
 
@@ -143,7 +164,9 @@ class WindowJudge:
         self._classifier = classifier
         self._settings = settings
         self._metrics = metrics
-        self.cache = TemplateCache(settings.unknown_ttl_s)
+        self.cache = TemplateCache(
+            settings.unknown_ttl_s, settings.cache_max_templates, metrics.template_cache_evictions.inc
+        )
 
     def judge_cached(self, window: Window) -> JudgedWindow | None:
         """The verdict from the template cache alone, or None if a template still needs the model.
@@ -153,10 +176,13 @@ class WindowJudge:
         if self._settings.mode is not JudgeMode.TEMPLATE:
             return None
         get = self.cache.get
+        known: dict[str, Judgement] = {}
         for tid in window.templates:
-            if get(tid) is None:
+            judgement = get(tid)
+            if judgement is None:
                 return None
-        return self._from_templates(window, {})
+            known[tid] = judgement
+        return self._from_templates(window, {}, known)
 
     def judge(self, windows: list[Window]) -> list[JudgedWindow]:
         if self._settings.mode is JudgeMode.TEMPLATE:
@@ -165,10 +191,16 @@ class WindowJudge:
 
     def _judge_templates(self, windows: list[Window]) -> list[JudgedWindow]:
         wanted: dict[str, str] = {}
+        known: dict[str, Judgement] = {}  # looked up once: the cache may evict them meanwhile
         for window in windows:
             for tid, text in window.templates.items():
-                if self.cache.get(tid) is None:
-                    wanted.setdefault(tid, text)
+                if tid in known or tid in wanted:
+                    continue
+                judgement = self.cache.get(tid)
+                if judgement is None:
+                    wanted[tid] = text
+                else:
+                    known[tid] = judgement
         fresh: dict[str, Judgement] = {}
         if wanted:
             ids = list(wanted)
@@ -178,17 +210,17 @@ class WindowJudge:
                 fresh[tid] = judgement
                 self.cache.put(tid, judgement)
             self._metrics.templates.set(len(self.cache))
-        return [self._from_templates(window, fresh) for window in windows]
+        return [self._from_templates(window, fresh, known) for window in windows]
 
-    def _from_templates(self, window: Window, fresh: dict[str, Judgement]) -> JudgedWindow:
+    def _from_templates(self, window: Window, fresh: dict[str, Judgement], known: dict[str, Judgement]) -> JudgedWindow:
         labels: dict[str, VerdictLabel] = {}
         confidences: list[tuple[VerdictLabel, float | None]] = []
         rationale_parts: list[str] = []
         reasons: list[str] = []
         latency_s = 0.0
         for tid, text in window.templates.items():
-            judgement = fresh.get(tid) or self.cache.get(tid)
-            if judgement is None:  # only possible if the cache dropped it concurrently
+            judgement = fresh.get(tid) or known.get(tid)
+            if judgement is None:  # not reachable: every template is fresh or known
                 labels[tid] = "unknown"
                 reasons.append(f"{tid}: not judged")
                 continue

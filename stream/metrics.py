@@ -39,6 +39,18 @@ class DetectorMetrics:
         )
         self.paused = Gauge("rationanomaly_paused", "1 while partitions are paused for backpressure", registry=r)
         self.pauses = Counter("rationanomaly_backpressure_pauses", "Times the partitions were paused", registry=r)
+        # Memory caps against hostile volume (stream/README.md, "Bounded memory").
+        self.open_windows = Gauge("rationanomaly_open_windows", "Windows open, all partitions", registry=r)
+        self.held_lines = Gauge("rationanomaly_window_lines_held", "Lines held by open windows, all partitions", registry=r)
+        self.windows_forced = Counter(
+            "rationanomaly_windows_forced", "Windows closed early by a memory cap", ["cap"], registry=r
+        )
+        self.drain_clusters = Gauge(
+            "rationanomaly_drain_clusters", "Templates Drain3 holds, all partitions (each capped by parsing.max_clusters)", registry=r
+        )
+        self.template_cache_evictions = Counter(
+            "rationanomaly_template_cache_evictions", "Judged templates dropped from the cache at judging.cache_max_templates", registry=r
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int:
         """Starts the /metrics endpoint on a daemon thread; returns the bound port (0 picks one)."""

@@ -90,6 +90,8 @@ class JudgeSettings(_Section):
     cache_file: Path | None = None
     # Cap on template texts per window-mode prompt, so one huge window cannot blow the context.
     window_max_templates: int = Field(64, ge=1)
+    # Judged templates kept (least recently used go; one that returns is judged again).
+    cache_max_templates: int = Field(100_000, ge=1)
 
     @model_validator(mode="after")
     def _low_below_max(self) -> JudgeSettings:
@@ -134,6 +136,12 @@ class MetricsSettings(_Section):
     port: int | None = Field(9108, ge=0, le=65535)  # None disables the endpoint
 
 
+# Drain3 keeps every template it makes unless capped, and a line family with random tokens makes
+# one per line: the detector caps each partition's miner (least recently used templates go; one
+# that returns is re-mined under the same content-hash id). `parsing.max_clusters: null` lifts it.
+DEFAULT_MAX_TEMPLATES = 10_000
+
+
 class DetectorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RATIONANOMALY_",
@@ -145,7 +153,7 @@ class DetectorSettings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     input: InputSettings = InputSettings()
     profile: ProfileSettings = ProfileSettings()
-    parsing: ParsingSettings = ParsingSettings()
+    parsing: ParsingSettings = ParsingSettings(max_clusters=DEFAULT_MAX_TEMPLATES)
     windows: WindowSettings = WindowSettings()
     judging: JudgeSettings = JudgeSettings()
     backend: BackendSettings = BackendSettings()
@@ -185,4 +193,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Detector
             raise ValueError(f"{config_file}: the top level must be a mapping of sections")
         from_file = loaded
     from_env = DetectorSettings().model_dump(exclude_unset=True)
-    return DetectorSettings(**_deep_merge(_deep_merge(from_file, from_env), overrides))
+    merged = _deep_merge(_deep_merge(from_file, from_env), overrides)
+    parsing = merged.get("parsing")
+    if parsing is None or (isinstance(parsing, dict) and "max_clusters" not in parsing):
+        merged["parsing"] = {**(parsing or {}), "max_clusters": DEFAULT_MAX_TEMPLATES}
+    return DetectorSettings(**merged)

@@ -1,14 +1,17 @@
 """The verdict: what the detector publishes for each judged window, and its JSON form.
 
 `verdict_id` is a hash of what determines the verdict (profile, window, model, prompt), so a
-replay or a restart after a crash republishes the same id and consumers can drop repeats.
+replay or a restart after a crash republishes the same id and consumers can drop repeats. The
+window is named by its key, its time span and where its lines start (partition, first offset):
+two windows of one key can share a time span (a session cut at `windows.max_window_lines`, count
+windows of lines stamped the same second), and must not share an id.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import metadata
 from typing import Literal, Protocol
@@ -16,7 +19,7 @@ from typing import Literal, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from rationanomaly.stream.records import Label, VerdictLabel, Window, WindowKind
+from rationanomaly.stream.records import ForcedBy, Label, VerdictLabel, Window, WindowKind
 from rationanomaly.stream.severity import FaultClassName, SeverityName, assess
 
 SCHEMA_VERSION = 1
@@ -42,18 +45,23 @@ def verdict_id(
     end_ms: int,
     model_id: str,
     prompt_version: str,
+    first_offsets: Sequence[tuple[int, int]] = (),
 ) -> str:
     """Deterministic id: the same window judged by the same model and prompt gets the same id.
+    `first_offsets`: (partition, first offset) of the window's lines in each partition.
 
-    >>> vid = verdict_id("hdfs", "session", "blk_1", 0, 5, "m", "p1")
+    >>> vid = verdict_id("hdfs", "session", "blk_1", 0, 5, "m", "p1", [(0, 17)])
     >>> vid
-    '8096beca56e7b9e278db108129f1d977'
-    >>> verdict_id("hdfs", WindowKind.SESSION, "blk_1", 0, 5, "m", "p1") == vid
+    'a1d00cd8dcefa1dcec3b32c745c40ff8'
+    >>> verdict_id("hdfs", WindowKind.SESSION, "blk_1", 0, 5, "m", "p1", [(0, 17)]) == vid
     True
+    >>> verdict_id("hdfs", "session", "blk_1", 0, 5, "m", "p1", [(0, 18)]) == vid
+    False
     """
     kind_text = kind.value if isinstance(kind, WindowKind) else kind
     # A JSON array keeps the fields apart: ("a b", "c") and ("a", "b c") hash differently.
-    payload = orjson.dumps([profile, kind_text, key, start_ms, end_ms, model_id, prompt_version])
+    firsts = [[partition, first] for partition, first in first_offsets]
+    payload = orjson.dumps([profile, kind_text, key, start_ms, end_ms, model_id, prompt_version, firsts])
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
 
@@ -88,6 +96,8 @@ class VerdictWindow(_Model):
     end_ms: int
     lines: int = Field(ge=1)
     offsets: tuple[OffsetSpan, ...]
+    # Closed early by this memory cap (stream/windows.py): the key's next lines are another window.
+    forced: ForcedBy | None = None
 
 
 class TemplateVerdict(_Model):
@@ -158,7 +168,9 @@ def build_verdict(
     labels = judged.template_labels
     assessment = assess(judged.label, w.templates, labels, confidence)
     return Verdict(
-        verdict_id=verdict_id(profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version),
+        verdict_id=verdict_id(
+            profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version, [(r.partition, r.first) for r in w.offsets]
+        ),
         verdict=judged.label,
         reason=judged.reason,
         window=VerdictWindow(
@@ -171,6 +183,7 @@ def build_verdict(
             end_ms=w.end_ms,
             lines=w.lines,
             offsets=tuple(OffsetSpan(topic=w.topic, partition=r.partition, first=r.first, last=r.last) for r in w.offsets),
+            forced=w.forced,
         ),
         templates=tuple(
             TemplateVerdict(id=tid, text=text, count=counts[tid], verdict=labels.get(tid))

@@ -25,6 +25,16 @@ older than `watermark - grace_ms`: for a session, `watermark >= end + gap + grac
 Every window is returned exactly once, by `add`, `advance` or `flush` (the pipeline calls `flush`
 for a partition idle longer than `input.idle_timeout_s`, wall time). A window
 keeps only its template-id sequence, the id -> text map and per-partition offset bounds.
+
+Memory is bounded against hostile volume; each cap closes a window early (returned like any
+other, with `Window.forced` naming the cap) and loses no line:
+- `max_open_windows` (a burst of distinct keys): opening one more closes the open window due to
+  close first (earliest deadline: the longest-quiet session, the oldest bucket; without a
+  deadline, the first opened).
+- `max_window_lines` (a session that never ends): a window reaching it closes, and the key's
+  next line opens a new one.
+- `max_held_lines` (lines held by all open windows together): past it, windows close as for
+  `max_open_windows` until it holds again.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rationanomaly.stream.records import Label, OffsetRange, ParsedLog, Window, WindowKind
+from rationanomaly.stream.records import ForcedBy, Label, OffsetRange, ParsedLog, Window, WindowKind
 
 KeyBy = Literal["host", "component", "none"]
 
@@ -60,6 +70,10 @@ class WindowSettings(BaseModel):
     count: int = Field(100, ge=1)
     size_ms: int = Field(60_000, gt=0)  # time windows
     grace_ms: int = Field(5_000, ge=0)  # allowed lateness beyond the watermark
+    # Memory caps, per partition (see the module docstring and stream/README.md).
+    max_open_windows: int = Field(100_000, ge=1)
+    max_window_lines: int = Field(10_000, ge=1)
+    max_held_lines: int = Field(1_000_000, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> WindowSettings:
@@ -92,6 +106,7 @@ class WindowStats:
     late: int = 0  # lines older than watermark - grace when they arrived (still windowed)
     opened: int = 0
     closed: int = 0
+    forced: int = 0  # closed early by a memory cap (also among `closed`)
 
 
 class _Open:
@@ -127,7 +142,10 @@ class Windower:
         self._kind = settings.kind
         self._findall = re.compile(settings.key_pattern).findall
         self._open: dict[Any, _Open] = {}  # session/count: key; time: (key, bucket)
-        self._heap: list[tuple[int, int, _Open]] = []  # (deadline, push number, window)
+        # (deadline, push number, window); every open window has an entry no later than its
+        # deadline (_NEVER for none), so the top finds the window due to close first.
+        self._heap: list[tuple[int, int, _Open]] = []
+        self._held = 0  # lines in open windows
         self._pushes = 0
         self._seq = 0
         self._watermark = _NO_WATERMARK
@@ -146,6 +164,11 @@ class Windower:
     @property
     def open_count(self) -> int:
         return len(self._open)
+
+    @property
+    def held_lines(self) -> int:
+        """Lines held by open windows (bounded by `max_held_lines`)."""
+        return self._held
 
     # -- lines in ------------------------------------------------------------------------------
     def add(self, log: ParsedLog, skip_keys: Container[str] = _NO_SKIP) -> list[Window]:
@@ -172,6 +195,8 @@ class Windower:
                     stats.skipped += 1
                 else:
                     self._add_session(key, log, t, closed)
+            if self._held > self._s.max_held_lines:
+                self._shed(closed)
             return closed
         key = self._key_of(log)
         if key in skip_keys:
@@ -179,7 +204,9 @@ class Windower:
         elif kind is WindowKind.COUNT:
             self._add_count(key, log, t, closed)
         else:
-            self._add_time(key, log, t)
+            self._add_time(key, log, t, closed)
+        if self._held > self._s.max_held_lines:
+            self._shed(closed)
         return closed
 
     def _key_of(self, log: ParsedLog) -> str:
@@ -196,9 +223,9 @@ class Windower:
             if t - win.end_ms >= self._s.gap_ms or (limit is not None and t - win.start_ms >= limit):
                 closed.append(self._close(win))
             else:
-                self._extend(win, log, t)
+                self._extend(win, log, t, closed)
                 return
-        self._start(key, key, 0, log)
+        self._start(key, key, 0, log, closed)
 
     def _add_count(self, key: str, log: ParsedLog, t: int, closed: list[Window]) -> None:
         win = self._open.get(key)
@@ -207,31 +234,37 @@ class Windower:
             closed.append(self._close(win))
             win = None
         if win is None:
-            win = self._start(key, key, 0, log)
+            win = self._start(key, key, 0, log, closed)
         else:
-            self._extend(win, log, t)
-        if win.lines >= self._s.count:
+            self._extend(win, log, t, closed)
+        if win.lines >= self._s.count and not win.closed:
             closed.append(self._close(win))
 
-    def _add_time(self, key: str, log: ParsedLog, t: int) -> None:
+    def _add_time(self, key: str, log: ParsedLog, t: int, closed: list[Window]) -> None:
         bucket = t - t % self._s.size_ms
         slot = (key, bucket)
         win = self._open.get(slot)
         if win is None:
-            self._start(slot, key, bucket, log)
+            self._start(slot, key, bucket, log, closed)
         else:
-            self._extend(win, log, t)
+            self._extend(win, log, t, closed)
 
-    def _start(self, slot: Any, key: str, bucket: int, log: ParsedLog) -> _Open:
+    def _start(self, slot: Any, key: str, bucket: int, log: ParsedLog, closed: list[Window]) -> _Open:
+        while len(self._open) >= self._s.max_open_windows:
+            closed.append(self._force_close("max_open_windows"))
         self._seq += 1
         win = _Open(slot, key, bucket, self._seq, log)
         self._open[slot] = win
+        self._held += 1
         self.stats.opened += 1
         self._schedule(win)
+        if self._s.max_window_lines == 1:
+            closed.append(self._close(win, "max_window_lines"))
         return win
 
-    def _extend(self, win: _Open, log: ParsedLog, t: int) -> None:
+    def _extend(self, win: _Open, log: ParsedLog, t: int, closed: list[Window]) -> None:
         win.lines += 1
+        self._held += 1
         template = log.template
         win.sequence.append(template.id)
         win.templates.setdefault(template.id, template.text)
@@ -254,6 +287,8 @@ class Windower:
             label = 2 if gt == "abnormal" else 1
             if label > win.label:
                 win.label = label
+        if win.lines >= self._s.max_window_lines:
+            closed.append(self._close(win, "max_window_lines"))
 
     # -- closing -------------------------------------------------------------------------------
     def _deadline(self, win: _Open) -> int:
@@ -267,10 +302,40 @@ class Windower:
         return limit + s.grace_ms if limit < _NEVER else _NEVER
 
     def _schedule(self, win: _Open) -> None:
-        deadline = self._deadline(win)
-        if deadline < _NEVER:
+        if len(self._heap) > 2 * len(self._open) + 1024:
+            self._compact()
+        self._pushes += 1
+        heapq.heappush(self._heap, (self._deadline(win), self._pushes, win))
+
+    def _compact(self) -> None:
+        """Drops the entries of closed windows and stale ones (windows that closed by count or a
+        new line leave theirs behind), keeping one per open window, in opening order for ties."""
+        heap = []
+        for win in self._open.values():
             self._pushes += 1
-            heapq.heappush(self._heap, (deadline, self._pushes, win))
+            heap.append((self._deadline(win), self._pushes, win))
+        heapq.heapify(heap)
+        self._heap = heap
+
+    def _force_close(self, cap: ForcedBy) -> Window:
+        """Closes the open window due to close first (a memory cap was reached)."""
+        heap = self._heap
+        while heap:
+            key, _, win = heapq.heappop(heap)
+            if win.closed:
+                continue
+            deadline = self._deadline(win)
+            if deadline > key and heap and deadline > heap[0][0]:
+                # A stale entry (the window grew since): another window may be due first.
+                self._pushes += 1
+                heapq.heappush(heap, (deadline, self._pushes, win))
+                continue
+            return self._close(win, cap)
+        raise AssertionError("an open window without a heap entry")  # every _start schedules one
+
+    def _shed(self, closed: list[Window]) -> None:
+        while self._held > self._s.max_held_lines and self._open:
+            closed.append(self._force_close("max_held_lines"))
 
     def advance(self, watermark_ms: int) -> list[Window]:
         """Moves the watermark (never back) and returns the windows it closes, oldest deadline first."""
@@ -280,7 +345,7 @@ class Windower:
         heap = self._heap
         closed: list[Window] = []
         # Entries are lazy: a window that grew since it was pushed is pushed again when popped.
-        while heap and heap[0][0] <= watermark:
+        while heap and heap[0][0] <= watermark:  # never true for _NEVER
             _, _, win = heapq.heappop(heap)
             if win.closed:
                 continue
@@ -298,10 +363,13 @@ class Windower:
         self._heap.clear()
         return closed
 
-    def _close(self, win: _Open) -> Window:
+    def _close(self, win: _Open, forced: ForcedBy | None = None) -> Window:
         win.closed = True
         del self._open[win.slot]
+        self._held -= win.lines
         self.stats.closed += 1
+        if forced is not None:
+            self.stats.forced += 1
         return Window(
             kind=self._kind,
             key=win.key,
@@ -313,6 +381,7 @@ class Windower:
             offsets=tuple(OffsetRange(p, b[0], b[1]) for p, b in sorted(win.offsets.items())),
             topic=win.topic,
             ground_truth=_LABELS[win.label],
+            forced=forced,
         )
 
     # -- offsets and state ---------------------------------------------------------------------
@@ -379,6 +448,7 @@ class Windower:
             if win.slot in self._open:
                 raise WindowStateError(f"state opens key {w.key!r} twice")
             self._open[win.slot] = win
+            self._held += win.lines
             self._schedule(win)
 
 
@@ -391,6 +461,7 @@ class _StatsState(BaseModel):
     late: int = 0
     opened: int = 0
     closed: int = 0
+    forced: int = 0
 
 
 class _OpenState(BaseModel):

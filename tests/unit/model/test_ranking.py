@@ -103,7 +103,7 @@ def test_batches_and_close_pass_through() -> None:
     backend = RankingBackend(scorer, 0.0, batch_size=2)
     assert len(backend.generate([template_messages(DISK), template_messages(LINK)] * 2 + [template_messages(DISK)])) == 5
     assert scorer.calls == 3
-    assert backend.model_id == "table+rank"
+    assert backend.model_id.startswith("table+rank(")
     backend.close()
     assert scorer.closed
 
@@ -196,3 +196,48 @@ def test_auto_decision_follows_the_adapters_decision_file(tmp_path) -> None:
     forced = make_backend(BackendSettings(device="cpu", adapter=str(adapter), decision="generate"))
     assert isinstance(forced, TransformersBackend)
     forced.close()
+
+
+def test_the_rank_identity_names_scorer_threshold_and_drafts(monkeypatch) -> None:
+    """Each ingredient that decides a rank verdict changes the id (hence verdict_id and cache key)."""
+    import rationanomaly.model.ranking as ranking
+
+    base = RankingBackend(TableScorer({}), threshold=-1.2113).model_id
+    assert "-1.2113" in base and ranking.DRAFTS_VERSION in base
+    assert RankingBackend(TableScorer({}), threshold=-1.2112).model_id != base
+    assert RankingBackend(TableScorer({}), threshold=-1.2113 + 1e-12).model_id != base  # no rounding
+    other = TableScorer({})
+    other.model_id = "table+other-adapter@0123456789ab"
+    assert RankingBackend(other, threshold=-1.2113).model_id != base
+    monkeypatch.setattr(ranking, "DRAFTS_VERSION", "ra-drafts-test")
+    assert RankingBackend(TableScorer({}), threshold=-1.2113).model_id != base
+
+
+@pytest.mark.slow
+def test_the_shipped_decision_files_threshold_is_in_the_model_id(tmp_path) -> None:
+    """The real loading path: decision.json's threshold reaches the id, and editing it (or
+    deciding by generation instead) gives another id."""
+    import shutil
+
+    from rationanomaly.model.loading import shipped_adapter_dir
+
+    shipped = shipped_adapter_dir()
+    if shipped is None or load_threshold(shipped) is None:
+        pytest.skip("no shipped adapter with a rank decision")
+    adapter = tmp_path / shipped.name
+    shutil.copytree(shipped, adapter)
+
+    def model_id(**overrides: object) -> str:
+        backend = make_backend(BackendSettings(device="cpu", adapter=str(adapter), **overrides))  # type: ignore[arg-type]
+        try:
+            return backend.model_id
+        finally:
+            backend.close()
+
+    shipped_id = model_id()
+    assert f"threshold={load_threshold(shipped)!r}" in shipped_id
+    save_threshold(adapter, load_threshold(shipped) + 0.25, calibrated_on=["test"])
+    recalibrated = model_id()
+    assert recalibrated != shipped_id
+    generated = model_id(decision="generate")
+    assert generated not in (shipped_id, recalibrated) and "+rank" not in generated

@@ -44,11 +44,13 @@ def test_doctests() -> None:
 
 
 def test_verdict_id_is_deterministic_and_sensitive_to_each_part() -> None:
-    base = ("hdfs", WindowKind.SESSION, "blk_1", 10, 20, "model", "p1")
+    base = ("hdfs", WindowKind.SESSION, "blk_1", 10, 20, "model", "p1", [(0, 5)])
     assert verdict_id(*base) == verdict_id(*base)
     assert len(verdict_id(*base)) == 32
-    variants = {verdict_id(*base[:i], change, *base[i + 1 :]) for i, change in enumerate(("bgl", "count", "blk_2", 11, 21, "m2", "p2"))}
-    assert len(variants) == 7 and verdict_id(*base) not in variants
+    changes = ("bgl", "count", "blk_2", 11, 21, "m2", "p2", [(0, 6)])
+    variants = {verdict_id(*base[:i], change, *base[i + 1 :]) for i, change in enumerate(changes)}
+    assert len(variants) == 8 and verdict_id(*base) not in variants
+    assert verdict_id(*base[:-1], [(1, 5)]) not in variants | {verdict_id(*base)}
     assert verdict_id("a b", "session", "c", 0, 0, "m", "p") != verdict_id("a", "session", "b c", 0, 0, "m", "p")
 
 
@@ -59,7 +61,9 @@ def test_iso_utc() -> None:
 
 def test_build_verdict_from_a_judged_window() -> None:
     v = abnormal()
-    assert v.verdict_id == verdict_id("hdfs", "session", "blk_-42", 1_226_262_918_000, 1_226_263_101_000, "smollm2-135m", "p3")
+    assert v.verdict_id == verdict_id(
+        "hdfs", "session", "blk_-42", 1_226_262_918_000, 1_226_263_101_000, "smollm2-135m", "p3", [(0, 10)]
+    )
     assert v.verdict == "abnormal" and v.reason is None and v.rationale.startswith("Template tB")
     assert v.window.model_dump(mode="json") == {
         "kind": "session",
@@ -71,6 +75,7 @@ def test_build_verdict_from_a_judged_window() -> None:
         "end_ms": 1_226_263_101_000,
         "lines": 4,
         "offsets": [{"topic": "hdfs-logs", "partition": 0, "first": 10, "last": 99}],
+        "forced": None,
     }
     assert [(t.id, t.count, t.verdict) for t in v.templates] == [("tA", 3, "normal"), ("tB", 1, "abnormal")]
     assert v.model.model_dump() == {"id": "smollm2-135m", "prompt_version": "p3", "latency_ms": 12.5}
