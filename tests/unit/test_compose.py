@@ -51,8 +51,9 @@ def _template_settings() -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 
-def test_three_services(compose):
-    assert set(compose["services"]) == {"kafka", "vllm", "detector"}
+def test_the_services(compose):
+    # Monitoring beside the detector: tests/unit/test_deploy.py checks how it is wired.
+    assert set(compose["services"]) == {"kafka", "vllm", "detector", "prometheus", "grafana"}
 
 
 def test_kafka_is_the_release_the_tests_run(compose):
