@@ -28,7 +28,7 @@ VENV_STAMP := $(VENV)/.rationanomaly-runtime
 DEV_STAMP := $(VENV)/.rationanomaly-dev
 BOOTSTRAP := 127.0.0.1:$(KAFKA_PORT)
 # pip's own chatter (a newer pip exists, running as root) is not the project's to print.
-PIP := $(PY) -m pip --quiet --disable-pip-version-check --root-user-action=ignore
+PIP := PIP_ROOT_USER_ACTION=ignore $(PY) -m pip --quiet --disable-pip-version-check
 
 .PHONY: venv dev model kafka-up kafka-down test test-fresh run bench clean
 

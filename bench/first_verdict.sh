@@ -39,7 +39,8 @@ while IFS= read -r line; do
     printf '%6.1f  %s\n' "$(echo "$now - $start" | bc)" "$line"
     # The demo prints one line per verdict: "  normal    blk_… lines=… id=…".
     if [ -z "$first" ] && [[ "$line" =~ ^\ +(normal|abnormal|unknown)\ +[^\ ]+\ +lines= ]]; then first=$now; fi
-done < <(cd "$tmp/clone" && env "${env_args[@]}" make --no-print-directory run KAFKA_PORT="$port" 2>&1; echo "__status=$?")
+done < <(cd "$tmp/clone" && env "${env_args[@]}" make --no-print-directory run KAFKA_PORT="$port" 2>&1 \
+         && echo "__status=0" || echo "__status=$?")
 end=$(date +%s.%N)
 venv_mb=$(du -sm "$tmp/clone/.venv" | cut -f1)
 printf 'first_verdict: mode=%s exit=%s first_verdict_s=%s total_s=%.1f venv_mb=%s\n' "$mode" "$status" \
