@@ -139,7 +139,7 @@ class MetricsSettings(_Section):
 # Drain3 keeps every template it makes unless capped, and a line family with random tokens makes
 # one per line: the detector caps each partition's miner (least recently used templates go; one
 # that returns is re-mined under the same content-hash id). `parsing.max_clusters: null` lifts it.
-DEFAULT_MAX_TEMPLATES = 10_000
+DEFAULT_MAX_TEMPLATES = 5_000
 
 
 class DetectorSettings(BaseSettings):

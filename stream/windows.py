@@ -71,7 +71,7 @@ class WindowSettings(BaseModel):
     size_ms: int = Field(60_000, gt=0)  # time windows
     grace_ms: int = Field(5_000, ge=0)  # allowed lateness beyond the watermark
     # Memory caps, per partition (see the module docstring and stream/README.md).
-    max_open_windows: int = Field(100_000, ge=1)
+    max_open_windows: int = Field(50_000, ge=1)
     max_window_lines: int = Field(10_000, ge=1)
     max_held_lines: int = Field(1_000_000, ge=1)
 

@@ -80,3 +80,16 @@ def test_the_decision_comes_from_environment_or_flags_and_is_checked(monkeypatch
     assert (served.backend.kind, served.backend.decision) == ("openai", "rank")
     with pytest.raises(ValidationError, match="decision='rank'.*kind='vllm'"):
         load_settings(None, backend={"decision": "rank", "kind": "vllm", "device": "cuda"})
+
+
+def test_drain3_is_capped_unless_told_otherwise(tmp_path, monkeypatch):
+    from rationanomaly.stream.settings import DEFAULT_MAX_TEMPLATES
+
+    assert DetectorSettings().parsing.max_clusters == DEFAULT_MAX_TEMPLATES
+    monkeypatch.setenv("RATIONANOMALY_PARSING__SIM_TH", "0.5")
+    settings = load_settings(None)
+    assert (settings.parsing.sim_th, settings.parsing.max_clusters) == (0.5, DEFAULT_MAX_TEMPLATES)
+    config = tmp_path / "unbounded.yaml"
+    config.write_text("parsing:\n  max_clusters: null\n")
+    assert load_settings(config).parsing.max_clusters is None  # the environment's sim_th does not undo it
+    assert load_settings(config, parsing={"max_clusters": 64}).parsing.max_clusters == 64
