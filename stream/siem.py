@@ -102,7 +102,9 @@ def to_ecs(v: Verdict) -> dict[str, Any]:
     w = v.window
     severity = _severity(v)
     event: dict[str, Any] = {
-        "kind": "alert",
+        # Only an abnormal window is an alert; the others are the detector's record of what it
+        # judged, so a SIEM's alert views are not flooded with normal windows.
+        "kind": "alert" if v.verdict == "abnormal" else "event",
         "category": ["intrusion_detection"],
         "type": ["info"],
         "id": v.verdict_id,

@@ -110,4 +110,5 @@ def test_window_mode_and_siem_formats(hdfs_2k):
     _, ocsf = replay([hdfs_2k], profile={"name": "hdfs"}, judging={"mode": "window"}, output={"format": "ocsf"})
     assert ocsf and all(r["class_uid"] == 2004 and r["finding_info"]["uid"] for r in ocsf)
     _, ecs = replay([hdfs_2k], profile={"name": "hdfs"}, output={"format": "ecs"})
-    assert all(r["event"]["kind"] == "alert" for r in ecs)
+    assert all((r["event"]["kind"] == "alert") == (r["rationanomaly"]["verdict"] == "abnormal") for r in ecs)
+    assert {r["event"]["kind"] for r in ecs} == {"alert", "event"}

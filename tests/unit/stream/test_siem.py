@@ -78,6 +78,7 @@ def test_ecs_host_key_normal_and_unknown() -> None:
     normal = build_verdict(judged, profile="thunderbird", model_id="m", prompt_version="p", created_ms=1, key_by="host")
     doc = to_ecs(normal)
     assert doc["host"] == {"name": "tbird-sm1"}
+    assert doc["event"]["kind"] == "event"  # not an alert: a SIEM's alert views stay for abnormal windows
     assert doc["event"]["risk_score"] == 0.0 and doc["event"]["severity"] == 1 and "reason" not in doc["event"]
     unknown = build_verdict(Judged(window=host_window(), label="unknown", reason="backend down"), profile="t", model_id="m", prompt_version="p", created_ms=1)
     doc = to_ecs(unknown)
