@@ -26,6 +26,7 @@ BROKER := $(PY) kafka/broker.py
 # next run, and a changed pyproject.toml installs again.
 VENV_STAMP := $(VENV)/.rationanomaly-runtime
 DEV_STAMP := $(VENV)/.rationanomaly-dev
+DEV_EXTRAS := .[train,test,server]
 BOOTSTRAP := 127.0.0.1:$(KAFKA_PORT)
 PIP := PIP_ROOT_USER_ACTION=ignore $(PY) -m pip --disable-pip-version-check
 # pip and the build backends it runs are not the project's to print: their output goes to a log
@@ -56,7 +57,7 @@ $(DEV_STAMP): $(VENV_STAMP) scripts/llama_wheel.sh
 	@echo "dev: installing the train, test and server extras into $(VENV) ..."
 	@wheel=$$(bash scripts/llama_wheel.sh $(PY)) && echo "$$wheel" > $(VENV)/.llama-wheel
 	$(call pip-install,"$$(cat $(VENV)/.llama-wheel)")
-	$(call pip-install,-e '.[train,test,server]')
+	$(call pip-install,-e '$(DEV_EXTRAS)')
 	@touch $@
 
 model: venv
