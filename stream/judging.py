@@ -20,7 +20,7 @@ import orjson
 import structlog
 
 from rationanomaly.model.classifier import Classifier, Judgement
-from rationanomaly.model.prompt import template_messages, window_messages
+from rationanomaly.model.prompt import log_text, template_messages, window_messages
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import JudgeMode, VerdictLabel, Window
 from rationanomaly.stream.settings import JudgeSettings
@@ -229,7 +229,8 @@ class WindowJudge:
             if tid in fresh:
                 latency_s = max(latency_s, judgement.latency_s)
             if judgement.label == "abnormal" and judgement.rationale:
-                rationale_parts.append(f"Template {tid} «{text}»: {judgement.rationale}")
+                # Quoted as the model saw it: inert and bounded (the text is an attacker's to write).
+                rationale_parts.append(f"Template {tid} «{log_text(text)}»: {judgement.rationale}")
             elif judgement.label == "unknown":
                 reasons.append(f"{tid}: {judgement.reason}")
         label = combine(list(labels.values()))

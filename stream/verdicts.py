@@ -10,6 +10,7 @@ windows of lines stamped the same second), and must not share an id.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -63,6 +64,28 @@ def verdict_id(
     firsts = [[partition, first] for partition, first in first_offsets]
     payload = orjson.dumps([profile, kind_text, key, start_ms, end_ms, model_id, prompt_version, firsts])
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
+
+
+# Characters a viewer acts on rather than shows: C0/C1 controls but tab and newline (ANSI escape
+# sequences start with one), zero-width and bidirectional overrides ("Trojan Source" reordering).
+_UNSHOWN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_MARKUP = str.maketrans({"<": "‹", ">": "›"})
+
+
+def inert(text: str | None) -> str | None:
+    r"""Free text for publication (rationale, reason): it quotes log content, which an attacker
+    writes, and SIEMs render it as HTML or Markdown. Angle brackets become ‹ ›, so no tag, HTML
+    comment or autolink survives; a Markdown link or image loses its "](" join; controls that
+    a terminal or viewer would act on are dropped. Readable as it was, inert everywhere.
+
+    >>> inert("Template t1 «<script>alert(1)</script> [x](javascript:y)»: \x1b[31mok\u202e")
+    'Template t1 «‹script›alert(1)‹/script› [x] (javascript:y)»: [31mok'
+    >>> inert("disk <*> failed\nline two") == "disk ‹*› failed\nline two"
+    True
+    """
+    if text is None:
+        return None
+    return _UNSHOWN.sub("", text).translate(_MARKUP).replace("](", "] (")
 
 
 def iso_utc(ms: int) -> str:
@@ -172,7 +195,7 @@ def build_verdict(
             profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version, [(r.partition, r.first) for r in w.offsets]
         ),
         verdict=judged.label,
-        reason=judged.reason,
+        reason=inert(judged.reason),
         window=VerdictWindow(
             kind=w.kind,
             key=w.key,
@@ -189,7 +212,7 @@ def build_verdict(
             TemplateVerdict(id=tid, text=text, count=counts[tid], verdict=labels.get(tid))
             for tid, text in w.templates.items()
         ),
-        rationale=judged.rationale,
+        rationale=inert(judged.rationale),
         model=ModelInfo(id=model_id, prompt_version=prompt_version, latency_ms=max(0.0, judged.latency_ms)),
         confidence=confidence,
         fault_class=assessment.fault_class,

@@ -6,7 +6,7 @@ import pytest
 
 from rationanomaly.model.backends import Backend, BackendError, Generation
 from rationanomaly.model.classifier import Classifier, Judgement
-from rationanomaly.model.prompt import PROMPT_VERSION, template_messages
+from rationanomaly.model.prompt import PROMPT_VERSION, read_log, template_messages
 
 GOOD = "<think>Link failure on node.</think> <answer>abnormal</answer>"
 NORMAL = "<think>Routine message.</think> <answer>normal</answer>"
@@ -22,7 +22,7 @@ class ScriptedBackend:
         self.calls: list[list[str]] = []
 
     def generate(self, conversations: Sequence[list[dict[str, str]]]) -> list[Generation]:
-        keys = [conv[-1]["content"].rsplit(" ", 1)[-1] for conv in conversations]
+        keys = [str(read_log(conv)).rsplit(" ", 1)[-1] for conv in conversations]
         self.calls.append(keys)
         return [self.script[key].pop(0) for key in keys]
 

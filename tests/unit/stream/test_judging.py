@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rationanomaly.model.classifier import Judgement
+from rationanomaly.model.prompt import read_log
 from rationanomaly.stream.judging import JudgeWorker, WindowJudge, combine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import JudgeMode, OffsetRange, Window, WindowKind
@@ -182,7 +183,8 @@ class ConfidentClassifier(ScriptedClassifier):
     def classify(self, conversations):
         out = []
         for judgement, conv in zip(super().classify(conversations), conversations):
-            text = conv[-1]["content"]
+            log = read_log(conv)
+            text = log if isinstance(log, str) else " ".join(log)
             conf = float(text.rsplit("@", 1)[1]) if "@" in text else None
             out.append(Judgement(judgement.label, judgement.rationale, judgement.reason, judgement.latency_s,
                                  judgement.attempts, judgement.raw, conf))
