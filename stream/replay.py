@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from rationanomaly.model.backends import Backend
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.records import SourceRef
+from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
 from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, JsonlSink, KafkaSink, VerdictSink, routes_for
 
@@ -182,10 +183,12 @@ def replay_topic(
 ) -> ReplaySummary:
     """Re-read `source_topic` between two positions (stop exclusive) into `output_topic`."""
     kafka = librdkafka_config(settings.kafka)
-    consumer = Consumer(
+    consumer = Consumer(with_client_log(
         {**kafka, "group.id": f"{settings.kafka.group_id}-replay", "enable.auto.commit": False, "enable.partition.eof": True}
-    )
-    producer = Producer({**kafka, "enable.idempotence": True, "message.max.bytes": MAX_MESSAGE_BYTES, "linger.ms": 20})
+    ))
+    producer = Producer(with_client_log(
+        {**kafka, "enable.idempotence": True, "message.max.bytes": MAX_MESSAGE_BYTES, "linger.ms": 20}
+    ))
     # Only the output stream: a replay must not mix history into a live analysts' full topic.
     sink: VerdictSink = KafkaSink(producer, routes_for(settings.output, output_topic)[:1], settings.output.dlq_topic)
     engine = build_engine(settings, sink, backend=backend)
