@@ -3,6 +3,9 @@
 
     python kafka/broker.py up     [--port 9092] [--controller-port N] [--timeout 120] [--json]
     python kafka/broker.py down   [--port 9092]
+    python kafka/broker.py stop   [--port 9092]          # SIGTERM, data kept
+    python kafka/broker.py start  [--port 9092]          # again on the kept data
+    python kafka/broker.py restart [--port 9092] [--down-for S]
     python kafka/broker.py status [--port 9092] [--json]
     python kafka/broker.py libs   # only fetch the jars; prints their folder
 
@@ -14,7 +17,8 @@ Where things live (none of it inside the repository):
   fetched once with Maven and reused; refetched only when kafka/pom.xml changes.
 - one broker's state: ${TMPDIR:-/tmp}/rationanomaly-kafka-<port>/ holding server.properties,
   broker.pid, broker.out (JVM stdout/stderr), logs/server.log and kraft/ (the log.dirs).
-  `down` removes it, so every `up` starts from an empty cluster.
+  `down` removes it, so every `up` starts from an empty cluster; `stop`, `start` and `restart`
+  keep it (a broker outage and its recovery, for fault tests).
 
 `up` returns only once the broker answers a metadata request from a real client
 (confluent_kafka's AdminClient), not merely when its port accepts connections: the port opens
@@ -271,19 +275,26 @@ def up(port: int, controller_port: int | None, timeout_s: float) -> dict:
     props.write_text(Template(SERVER_TEMPLATE.read_text()).substitute(
         port=port, controller_port=controller_port, log_dirs=state / "kraft"))
 
-    jvm = _jvm_args(state, libs)
     fmt = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(props)],
+        [*_jvm_args(state, libs), "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(props)],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if fmt.returncode != 0:
         shutil.rmtree(state, ignore_errors=True)
         raise BrokerError(f"StorageTool format failed (exit {fmt.returncode}):\n{fmt.stdout[-4000:]}")
 
-    with open(state / "broker.out", "wb") as out:
+    return _launch(port, state, libs, timeout_s, fresh=True)
+
+
+def _launch(port: int, state: Path, libs: Path, timeout_s: float, *, fresh: bool) -> dict:
+    """Start the JVM on a formatted state folder and wait until it answers metadata."""
+    props = state / "server.properties"
+    bootstrap = f"{HOST}:{port}"
+    # Appended, so a restart keeps the log of the broker before it.
+    with open(state / "broker.out", "ab") as out:
         # A session of its own, so a Ctrl-C aimed at make or pytest does not kill the broker
         # half-way; `down` stops it deliberately.
-        proc = subprocess.Popen([*jvm, "kafka.Kafka", str(props)], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*_jvm_args(state, libs), "kafka.Kafka", str(props)], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=state)
     (state / "broker.pid").write_text(f"{proc.pid}\n")
 
@@ -291,18 +302,23 @@ def up(port: int, controller_port: int | None, timeout_s: float) -> dict:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             diagnostics = _diagnostics(state)
-            shutil.rmtree(state, ignore_errors=True)
+            if fresh:
+                shutil.rmtree(state, ignore_errors=True)
             raise BrokerError(f"the broker exited with {proc.returncode} while starting\n{diagnostics}")
         if _port_open(port) and metadata_ok(bootstrap, timeout_s=3.0):
             return _info(port, state, proc.pid, started=True)
         time.sleep(0.3)
     diagnostics = _diagnostics(state)
-    down(port)
+    if fresh:
+        down(port)
+    else:
+        stop(port)
     raise BrokerError(f"the broker did not answer metadata within {timeout_s:.0f}s\n{diagnostics}")
 
 
-def down(port: int, grace_s: float = 30.0) -> bool:
-    """Stop the broker on `port` (SIGTERM, then SIGKILL after `grace_s`) and delete its state.
+def stop(port: int, grace_s: float = 30.0) -> bool:
+    """Stop the broker on `port` (SIGTERM, then SIGKILL after `grace_s`) and keep its state, so
+    `start` brings the same cluster back with its topics, offsets and records.
 
     Returns whether a running broker was found. Safe to call when nothing runs.
     """
@@ -319,8 +335,34 @@ def down(port: int, grace_s: float = 30.0) -> bool:
                 os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
-    shutil.rmtree(state, ignore_errors=True)
     return pid is not None
+
+
+def start(port: int, timeout_s: float = 120.0) -> dict:
+    """Start a stopped broker again on its kept state (same cluster id, topics and offsets)."""
+    state = data_dir(port)
+    if _our_broker_pid(state) is not None:
+        raise BrokerError(f"the broker on port {port} is running; stop it first")
+    if not (state / "server.properties").is_file() or not (state / "kraft" / "meta.properties").is_file():
+        raise BrokerError(f"no kept broker state at {state}: start a new one with `up`")
+    if _port_open(port):
+        raise BrokerError(f"port {port} is taken by another process")
+    return _launch(port, state, ensure_libs(), timeout_s, fresh=False)
+
+
+def restart(port: int, down_s: float = 0.0, timeout_s: float = 120.0) -> dict:
+    """`stop`, stay down for `down_s` seconds (an outage), then `start` on the same data."""
+    if not stop(port):
+        raise BrokerError(f"no broker of this script runs on port {port}")
+    time.sleep(down_s)
+    return start(port, timeout_s)
+
+
+def down(port: int, grace_s: float = 30.0) -> bool:
+    """Stop the broker on `port` and delete its state. Returns whether one was running."""
+    stopped = stop(port, grace_s)
+    shutil.rmtree(data_dir(port), ignore_errors=True)
+    return stopped
 
 
 def status(port: int) -> dict | None:
@@ -337,7 +379,7 @@ def status(port: int) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "down", "status"):
+    for name in ("up", "down", "status", "stop", "start", "restart"):
         cmd = sub.add_parser(name)
         cmd.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", DEFAULT_PORT)),
                          help="client port on 127.0.0.1 (default $KAFKA_PORT or 9092; 0 for a free one with `up`)")
@@ -345,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--json", action="store_true", help="print the broker's details as JSON")
         if name == "up":
             cmd.add_argument("--controller-port", type=int, default=None, help="default: a free port")
+        if name in ("up", "start", "restart"):
             cmd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for metadata")
+        if name == "restart":
+            cmd.add_argument("--down-for", type=float, default=0.0, help="seconds the broker stays down (an outage)")
     sub.add_parser("libs")
     args = parser.parse_args(argv)
 
@@ -366,6 +411,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "down":
             if down(args.port):
                 print(f"kafka: stopped the broker on port {args.port}")
+            return 0
+        if args.command == "stop":
+            if stop(args.port):
+                print(f"kafka: stopped the broker on port {args.port}; its data is kept for `start`")
+            return 0
+        if args.command in ("start", "restart"):
+            started = time.monotonic()
+            info = start(args.port, args.timeout) if args.command == "start" else restart(args.port, args.down_for, args.timeout)
+            print(f"kafka: up again at {info['bootstrap']} in {time.monotonic() - started:.1f}s on kept data")
             return 0
         info = status(args.port)
         if info is None:

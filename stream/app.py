@@ -17,13 +17,14 @@ import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from rationanomaly.model.backends import Backend
+from rationanomaly.stream.broker_link import RETRIABLE_COMMIT, BrokerLink, BrokerRefused
 from rationanomaly.stream.checkpoint import CheckpointStore
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import SourceRef
 from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
-from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, routes_for
+from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, Undelivered, routes_for
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +34,10 @@ _REBALANCING = {
     KafkaError.REBALANCE_IN_PROGRESS,
     KafkaError._ASSIGNMENT_LOST,
 }
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker answered within `kafka.startup_timeout_s` of the start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,7 @@ class Detector:
         self._paused = False
         self._closed = False
         self._transactional = settings.output.exactly_once
+        self._link = BrokerLink()
         # monotonic times of the first record and of the end of input, for throughput figures
         self.first_record_s: float | None = None
         self.finished_s: float | None = None
@@ -106,16 +112,41 @@ class Detector:
             producer_conf["transactional.id"] = (
                 s.output.transactional_id or f"{s.kafka.group_id}-{s.input.topic}"
             )
+        consumer_conf["error_cb"] = producer_conf["error_cb"] = self._link.on_error
         self._consumer = Consumer(with_client_log(consumer_conf))
         self._producer = Producer(with_client_log(producer_conf))
+        self._await_broker()
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
         sink = KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic)
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
 
+    def _await_broker(self) -> None:
+        """Wait for a broker to answer metadata; a clear message while waiting, then give up."""
+        s = self._settings
+        started = time.monotonic()
+        while True:
+            self._link.check()
+            try:
+                self._consumer.list_topics(s.input.topic, timeout=5.0)
+            except KafkaException as exc:
+                waited = time.monotonic() - started
+                if waited >= s.kafka.startup_timeout_s:
+                    raise BrokerUnreachable(
+                        f"no Kafka broker answered at {s.kafka.bootstrap_servers} within "
+                        f"{s.kafka.startup_timeout_s:g}s (kafka.startup_timeout_s): {exc.args[0].str()}"
+                    ) from exc
+                log.warning("waiting_for_broker", bootstrap=s.kafka.bootstrap_servers, waited_s=round(waited, 1),
+                            gives_up_after_s=s.kafka.startup_timeout_s)  # fmt: skip
+                if self._stop.wait(1.0):
+                    raise BrokerUnreachable("stopped while waiting for a broker") from exc
+                continue
+            self._link.heard_from_broker()
+            return
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = consumer.committed(partitions, timeout=30)
+        committed = self._committed_offsets(consumer, partitions)
         for tp in committed:
             self._assigned.add(tp.partition)
             self._at_eof.discard(tp.partition)
@@ -124,6 +155,19 @@ class Detector:
             if checkpoint is not None and tp.offset != OFFSET_INVALID:
                 self._engine.pipeline.restore(tp.partition, checkpoint)
         log.info("partitions_assigned", partitions=sorted(self._assigned), committed=self._committed)
+
+    def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        # An assignment right after a broker restart meets a coordinator still loading its
+        # offsets; raising here would end the run from inside the rebalance callback.
+        for attempt in range(12):
+            try:
+                return consumer.committed(partitions, timeout=10)
+            except KafkaException as exc:
+                if exc.args[0].code() not in RETRIABLE_COMMIT or attempt == 11:
+                    raise
+                log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=attempt + 1)
+                time.sleep(min(5.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
@@ -139,7 +183,13 @@ class Detector:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
-        self._make_clients()
+        try:
+            self._make_clients()
+        except (BrokerRefused, BrokerUnreachable) as exc:
+            log.error("detector_stopped", error=str(exc))
+            if self._consumer is not None:
+                self._consumer.close()
+            return 2
         s = self._settings
         consumer, engine = self._consumer, self._engine
         pipeline = engine.pipeline
@@ -147,12 +197,16 @@ class Detector:
         started = time.monotonic()
         last_commit = started
         log.info("detector_started", topic=s.input.topic, group=s.kafka.group_id, model=engine.identity.model_id)
+        link = self._link
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(s.input.poll_batch, s.input.poll_timeout_s)
+                link.check()
                 now = time.time()
-                if messages and self.first_record_s is None:
-                    self.first_record_s = time.monotonic()
+                if messages:
+                    link.heard_from_broker()
+                    if self.first_record_s is None:
+                        self.first_record_s = time.monotonic()
                 lines_before = pipeline.lines
                 # the hot loop: locals, and no per-message work that a batch can do once
                 feed, at_eof, topic = pipeline.feed, self._at_eof, s.input.topic
@@ -164,7 +218,7 @@ class Detector:
                         elif err.fatal():
                             raise KafkaException(err)
                         else:
-                            log.warning("consumer_error", error=str(err))
+                            link.on_error(err)
                         continue
                     partition = msg.partition()
                     if at_eof:
@@ -197,6 +251,9 @@ class Detector:
             # Nothing past the last commit is lost: a restart re-reads from there.
             log.error("detector_failed", error=str(exc), committed=self._committed)
             return 1
+        except (BrokerRefused, BrokerUnreachable) as exc:
+            log.error("detector_stopped", error=str(exc))
+            return 2
         finally:
             self._closed = True
             engine.close()
@@ -225,7 +282,15 @@ class Detector:
         """Flush verdicts, snapshot the miners, then commit the oldest offsets still needed."""
         pipeline = self._engine.pipeline
         if not self._transactional:
-            self._engine.sink.flush()
+            # While the brokers are away the verdicts wait in the producer's queue: the commit
+            # waits with them (the loop goes on polling), rather than ending the run.
+            try:
+                self._engine.sink.flush(30.0 if final else 5.0)
+            except Undelivered as exc:
+                if final:
+                    raise
+                log.info("commit_deferred", reason=str(exc), broker_reachable=self._link.reachable)
+                return
         offsets = []
         topic = self._settings.input.topic
         for partition in sorted(self._assigned):
@@ -244,12 +309,17 @@ class Detector:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
             except KafkaException as exc:
+                if exc.args[0].code() in RETRIABLE_COMMIT:
+                    log.info("commit_deferred", reason=exc.args[0].str(), broker_reachable=self._link.reachable)
+                    return
                 if exc.args[0].code() not in _REBALANCING:
                     raise
                 # The group moved on (a rebalance, or this member timed out): nothing is lost,
                 # the partition's next owner re-reads from the last commit that did succeed.
                 log.warning("commit_skipped", error=str(exc.args[0]))
                 return
+        if offsets:
+            self._link.heard_from_broker()
         for tp in offsets:
             self._committed[tp.partition] = tp.offset
         if offsets:

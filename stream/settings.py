@@ -37,6 +37,9 @@ class KafkaSettings(_Section):
     ssl_ca_location: str | None = None
     # Anything else librdkafka understands, passed through verbatim (e.g. "ssl.certificate.location").
     extra: dict[str, str] = Field(default_factory=dict)
+    # How long a starting detector waits for a broker to answer before it exits non-zero; an
+    # outage after the start is ridden out however long it lasts (stream/broker_link.py).
+    startup_timeout_s: float = Field(120.0, gt=0)
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
@@ -107,8 +110,6 @@ class OutputSettings(_Section):
     topic: str = "verdicts"
     dlq_topic: str = "logs.dlq"
     format: OutputFormat = OutputFormat.NATIVE
-    exactly_once: bool = False
-    transactional_id: str | None = None  # defaults to "<group>-<input topic>"
     # What `topic` carries: every verdict, or only abnormal ones (a SIEM's alert stream);
     # `publish_unknown` adds or drops the windows the model could not judge, either way.
     publish: Publish = Publish.ALL
@@ -116,6 +117,8 @@ class OutputSettings(_Section):
     # A second topic with every verdict (analysts, evaluation) beside a filtered `topic`.
     full_topic: str | None = None
     full_format: OutputFormat = OutputFormat.NATIVE
+    exactly_once: bool = False
+    transactional_id: str | None = None  # defaults to "<group>-<input topic>"
 
     @model_validator(mode="after")
     def _topics_apart(self) -> OutputSettings:

@@ -48,6 +48,11 @@ class DeliveryError(RuntimeError):
     pass
 
 
+class Undelivered(DeliveryError):
+    """Records still queued when a flush timed out: not lost, the producer keeps retrying
+    them (for `message.timeout.ms`); a broker that is away is the usual cause."""
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One verdict stream: a topic, the shape of its records, and which verdicts it carries."""
@@ -121,7 +126,7 @@ class KafkaSink:
     def flush(self, timeout_s: float = 30.0) -> None:
         remaining = self._producer.flush(timeout_s)
         if remaining:
-            raise DeliveryError(f"{remaining} records still undelivered after {timeout_s}s")
+            raise Undelivered(f"{remaining} records still undelivered after {timeout_s}s")
         if self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryError("delivery failed: " + "; ".join(failures[:5]))
