@@ -26,6 +26,7 @@ class Judgement:
     attempts: int
     raw: str | None  # the last text the model produced, kept for audit and debugging
     confidence: float | None = None  # the backend's confidence in `label`, when it gives one
+    unavailable: bool = False  # "unknown" because the model was away, not because of this input
 
 
 class Classifier:
@@ -50,6 +51,7 @@ class Classifier:
         latency = [0.0] * len(conversations)
         last_reason: list[str] = ["not attempted"] * len(conversations)
         last_raw: list[str | None] = [None] * len(conversations)
+        away = [False] * len(conversations)
         pending = list(range(len(conversations)))
         attempt = 0
         while pending and attempt <= self.retries:
@@ -67,12 +69,14 @@ class Classifier:
                     results[index] = judgement
                     continue
                 last_reason[index] = reason
+                away[index] = generation.unavailable
                 last_raw[index] = generation.text if generation.text is not None else last_raw[index]
                 still_pending.append(index)
             pending = still_pending
         for index in pending:
             log.warning("judgement unknown", reason=last_reason[index], attempts=attempt, model=self.model_id)
-            results[index] = Judgement("unknown", None, last_reason[index], latency[index], attempt, last_raw[index])
+            results[index] = Judgement("unknown", None, last_reason[index], latency[index], attempt, last_raw[index],
+                                       unavailable=away[index])
         return [judgement for judgement in results if judgement is not None]
 
 

@@ -185,6 +185,8 @@ class RankingBackend:
                 label = decide(found[i], self.threshold)
                 out.append(Generation(answers[i][label], latency, confidence=confidence(found[i], self.threshold, label)))
             else:
-                # NaN: a server could not score one of the two answers (its log says why).
-                out.append(Generation(None, latency, error=errors.get(i, f"no margin: {found.get(i)!r} (an answer went unscored)")))
+                # NaN: a server could not score one of the two answers (its log says why). An
+                # input the drafts cannot read is this input's fault; anything else is the scorer's.
+                out.append(Generation(None, latency, error=errors.get(i, f"no margin: {found.get(i)!r} (an answer went unscored)"),
+                                      unavailable=i in readable))
         return out

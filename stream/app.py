@@ -264,15 +264,18 @@ class Detector:
         return self._limits.stop_at_eof and bool(self._assigned) and self._at_eof >= self._assigned
 
     def _backpressure(self) -> None:
-        depth = self._engine.worker.depth
+        worker = self._engine.worker
+        depth, holding = worker.depth, worker.holding
         j = self._settings.judging
-        if not self._paused and depth >= j.queue_max and (assignment := self._consumer.assignment()):
+        # A circuit breaker too: while windows wait for a model that is away, new input would
+        # only pile up behind them; lag grows instead, and resumes draining when it answers.
+        if not self._paused and (depth >= j.queue_max or holding) and (assignment := self._consumer.assignment()):
             self._consumer.pause(assignment)
             self._paused = True
             self._engine.metrics.paused.set(1)
             self._engine.metrics.pauses.inc()
-            log.info("partitions_paused", queue_depth=depth)
-        elif self._paused and depth <= j.queue_low:
+            log.info("partitions_paused", queue_depth=depth, model_away=holding)
+        elif self._paused and depth <= j.queue_low and not holding:
             self._consumer.resume(self._consumer.assignment())
             self._paused = False
             self._engine.metrics.paused.set(0)

@@ -22,10 +22,15 @@ import structlog
 from rationanomaly.model.classifier import Classifier, Judgement
 from rationanomaly.model.prompt import log_text, template_messages, window_messages
 from rationanomaly.stream.metrics import DetectorMetrics
-from rationanomaly.stream.records import JudgeMode, VerdictLabel, Window
+from rationanomaly.stream.records import JudgeMode, ModelDownPolicy, VerdictLabel, Window
 from rationanomaly.stream.settings import JudgeSettings
 
 log = structlog.get_logger(__name__)
+
+
+class ModelDown(RuntimeError):
+    """The model was away for part of a batch (unreachable, timing out, 5xx) and the policy is
+    to wait: the batch is judged again later rather than published `unknown`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,7 @@ class WindowJudge:
         self.cache = TemplateCache(
             settings.unknown_ttl_s, settings.cache_max_templates, metrics.template_cache_evictions.inc
         )
+        self.model_away = False  # whether the last `judge` met the model away
 
     def judge_cached(self, window: Window) -> JudgedWindow | None:
         """The verdict from the template cache alone, or None if a template still needs the model.
@@ -184,12 +190,15 @@ class WindowJudge:
             known[tid] = judgement
         return self._from_templates(window, {}, known)
 
-    def judge(self, windows: list[Window]) -> list[JudgedWindow]:
+    def judge(self, windows: list[Window], *, hold_if_model_down: bool = False) -> list[JudgedWindow]:
+        """Judge a batch; with `hold_if_model_down`, raise ModelDown instead of returning
+        windows the model could not judge for being away (what it did judge is cached)."""
+        self.model_away = False
         if self._settings.mode is JudgeMode.TEMPLATE:
-            return self._judge_templates(windows)
-        return self._judge_sequences(windows)
+            return self._judge_templates(windows, hold_if_model_down)
+        return self._judge_sequences(windows, hold_if_model_down)
 
-    def _judge_templates(self, windows: list[Window]) -> list[JudgedWindow]:
+    def _judge_templates(self, windows: list[Window], hold_if_model_down: bool) -> list[JudgedWindow]:
         wanted: dict[str, str] = {}
         known: dict[str, Judgement] = {}  # looked up once: the cache may evict them meanwhile
         for window in windows:
@@ -205,11 +214,18 @@ class WindowJudge:
         if wanted:
             ids = list(wanted)
             judgements = self._classifier.classify([template_messages(wanted[t]) for t in ids])
+            away: list[Judgement] = []
             for tid, judgement in zip(ids, judgements, strict=True):
                 self._metrics.model_latency.observe(judgement.latency_s)
                 fresh[tid] = judgement
-                self.cache.put(tid, judgement)
+                if judgement.label == "unknown" and judgement.unavailable:
+                    away.append(judgement)  # never cached: the model's absence says nothing of the template
+                else:
+                    self.cache.put(tid, judgement)
             self._metrics.templates.set(len(self.cache))
+            self.model_away = bool(away)
+            if away and hold_if_model_down:
+                raise ModelDown(f"{len(away)} of {len(ids)} templates: {away[0].reason}")
         return [self._from_templates(window, fresh, known) for window in windows]
 
     def _from_templates(self, window: Window, fresh: dict[str, Judgement], known: dict[str, Judgement]) -> JudgedWindow:
@@ -244,7 +260,7 @@ class WindowJudge:
             confidence=window_confidence(label, confidences),
         )
 
-    def _judge_sequences(self, windows: list[Window]) -> list[JudgedWindow]:
+    def _judge_sequences(self, windows: list[Window], hold_if_model_down: bool) -> list[JudgedWindow]:
         cap = self._settings.window_max_templates
         conversations = []
         for window in windows:
@@ -253,8 +269,13 @@ class WindowJudge:
                 # Head and tail: HDFS-like sessions show their failures at the start or the end.
                 texts = texts[: cap // 2] + texts[-(cap - cap // 2) :]
             conversations.append(window_messages(texts))
+        judgements = self._classifier.classify(conversations)
+        away = [j for j in judgements if j.label == "unknown" and j.unavailable]
+        self.model_away = bool(away)
+        if away and hold_if_model_down:
+            raise ModelDown(f"{len(away)} of {len(windows)} windows: {away[0].reason}")
         judged = []
-        for window, judgement in zip(windows, self._classifier.classify(conversations), strict=True):
+        for window, judgement in zip(windows, judgements, strict=True):
             self._metrics.model_latency.observe(judgement.latency_s)
             judged.append(
                 JudgedWindow(
@@ -286,8 +307,21 @@ class JudgeWorker:
         self._in_progress = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._down_since: float | None = None  # monotonic time the model was first found away
         self._thread = threading.Thread(target=self._run, name="judge", daemon=True)
         self._thread.start()
+
+    @property
+    def holding(self) -> bool:
+        """Windows are being held for a model that is away (policy `wait`, deadline not passed):
+        the input should pause, as a circuit breaker, until it answers again."""
+        return self._down_since is not None and self._may_hold()
+
+    def _may_hold(self) -> bool:
+        if self._settings.on_model_down is not ModelDownPolicy.WAIT:
+            return False
+        down = self._down_since
+        return down is None or time.monotonic() - down < self._settings.model_down_deadline_s
 
     @property
     def depth(self) -> int:
@@ -349,16 +383,45 @@ class JudgeWorker:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            try:
-                judged = self._judge.judge(batch)
-            except Exception as exc:  # a bug or a backend crash must not lose the windows
-                log.exception("judge_batch_failed", windows=len(batch))
-                judged = [
-                    JudgedWindow(w, "unknown", f"judge failed: {exc!r}", None, {t: "unknown" for t in w.templates}, 0.0)
-                    for w in batch
-                ]
+            judged = self._judge_through_outage(batch)
+            if judged is None:  # closed while waiting for the model
+                return
             with self._cond:
                 self._done.extend(judged)
                 self._in_progress = 0
                 self._metrics.queue_depth.set(len(self._pending))
                 self._cond.notify_all()
+
+    def _judge_through_outage(self, batch: list[Window]) -> list[JudgedWindow] | None:
+        """Judge a batch; while the model is away and the policy is `wait`, retry it with
+        backoff (1 s doubling to 30 s) until the model answers or the deadline passes."""
+        backoff_s = 1.0
+        while True:
+            try:
+                judged = self._judge.judge(batch, hold_if_model_down=self._may_hold())
+            except ModelDown as exc:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning("model_unavailable", reason=str(exc), policy="wait", windows_held=len(batch),
+                                unknown_after_s=self._settings.model_down_deadline_s)  # fmt: skip
+                self._metrics.model_degraded.set(1)
+                with self._cond:
+                    if self._cond.wait_for(lambda: self._closed, timeout=backoff_s):
+                        return None
+                backoff_s = min(backoff_s * 2, 30.0)
+                continue
+            except Exception as exc:  # a bug or a backend crash must not lose the windows
+                log.exception("judge_batch_failed", windows=len(batch))
+                return [
+                    JudgedWindow(w, "unknown", f"judge failed: {exc!r}", None, {t: "unknown" for t in w.templates}, 0.0)
+                    for w in batch
+                ]
+            if self._judge.model_away:
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._metrics.model_degraded.set(1)
+            elif self._down_since is not None:
+                log.info("model_available", down_s=round(time.monotonic() - self._down_since, 1))
+                self._down_since = None
+                self._metrics.model_degraded.set(0)
+            return judged

@@ -27,6 +27,13 @@ class JudgeMode(str, Enum):
     WINDOW = "window"
 
 
+class ModelDownPolicy(str, Enum):
+    """What judging does with windows while the model is away (judging.on_model_down)."""
+
+    WAIT = "wait"  # hold them and retry; `unknown` only after judging.model_down_deadline_s
+    UNKNOWN = "unknown"  # publish them `unknown` with the reason at once
+
+
 @dataclass(frozen=True, slots=True)
 class SourceRef:
     """Where a record came from: a Kafka position, or a file and line number for replay."""

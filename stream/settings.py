@@ -18,7 +18,7 @@ from rationanomaly.model.settings import BackendSettings
 from rationanomaly.stream.decoding import DecodeSettings
 from rationanomaly.stream.parsing import ParsingSettings
 from rationanomaly.stream.profiles import ProfileSettings
-from rationanomaly.stream.records import JudgeMode
+from rationanomaly.stream.records import JudgeMode, ModelDownPolicy
 from rationanomaly.stream.siem import OutputFormat, Publish
 from rationanomaly.stream.windows import WindowSettings
 
@@ -95,6 +95,11 @@ class JudgeSettings(_Section):
     window_max_templates: int = Field(64, ge=1)
     # Judged templates kept (least recently used go; one that returns is judged again).
     cache_max_templates: int = Field(100_000, ge=1)
+    # While the model is away (unreachable, timing out, 5xx): `wait` holds the windows, pauses
+    # the input and retries with backoff, for up to `model_down_deadline_s`, after which they
+    # go out `unknown` with the reason; `unknown` publishes them so at once.
+    on_model_down: ModelDownPolicy = ModelDownPolicy.WAIT
+    model_down_deadline_s: float = Field(600.0, ge=0)
 
     @model_validator(mode="after")
     def _low_below_max(self) -> JudgeSettings:

@@ -24,6 +24,9 @@ class Generation:
     error: str | None = None
     completion_tokens: int | None = None  # when the backend knows it; for throughput figures
     confidence: float | None = None  # probability of the text's answer, when the decision yields one (rank)
+    # The server could not be reached, timed out, or said "later" (408, 429, 5xx): the model is
+    # away, which says nothing about this input; a wrong or unparseable answer is not this.
+    unavailable: bool = False
 
     @property
     def ok(self) -> bool:

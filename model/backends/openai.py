@@ -201,7 +201,8 @@ class OpenAIBackend:
             reply = self._post(self._body(conversation, constraint, self._settings.max_new_tokens))
             if reply.data is None:
                 log.warning("generation failed", model=self.model_id, error=reply.error)
-                return Generation(None, time.perf_counter() - started, error=reply.error)
+                away = reply.status is None or reply.status in _RETRYABLE_STATUS
+                return Generation(None, time.perf_counter() - started, error=reply.error, unavailable=away)
             text, tokens = _message_text(reply.data)
             if text is None:
                 return Generation(None, time.perf_counter() - started, error="response without message content")

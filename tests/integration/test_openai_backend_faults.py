@@ -125,6 +125,7 @@ def test_server_down_gives_errors_not_exceptions() -> None:
         backend.close()
     assert [g.text for g in generations] == [None, None]
     assert all(g.error and g.error.startswith("connection error") for g in generations)
+    assert all(g.unavailable for g in generations)  # the model is away, not wrong
     assert time.perf_counter() - started < 10
 
 
@@ -138,9 +139,10 @@ def test_slow_server_times_out_without_exception(serve: Callable[[Script], Scrip
         judgements = Classifier(backend, retries=1).classify([template_messages("a")])
     finally:
         backend.close()
-    assert all(g.text is None and g.error and g.error.startswith("timeout") for g in generations)
+    assert all(g.text is None and g.error and g.error.startswith("timeout") and g.unavailable for g in generations)
     assert elapsed < 2.0  # concurrent, and a timeout is not retried by the transport
     assert (judgements[0].label, judgements[0].reason, judgements[0].attempts) == ("unknown", "timeout", 2)
+    assert judgements[0].unavailable
 
 
 def test_transient_5xx_is_retried_with_backoff(serve: Callable[[Script], ScriptedServer]) -> None:
@@ -163,6 +165,7 @@ def test_retries_exhausted_reports_last_status(serve: Callable[[Script], Scripte
     finally:
         backend.close()
     assert generation.error is not None and generation.error.startswith("http 500")
+    assert generation.unavailable
     assert len(server.bodies) == 2
 
 
@@ -174,6 +177,7 @@ def test_client_error_is_not_retried(serve: Callable[[Script], ScriptedServer]) 
     finally:
         backend.close()
     assert generation.error is not None and generation.error.startswith("http 400")
+    assert not generation.unavailable  # a request the server refuses is this input's problem
     assert len(server.bodies) == 1
 
 

@@ -218,3 +218,63 @@ def test_judging_doctests():
 
     result = doctest.testmod(judging)
     assert result.failed == 0 and result.attempted > 0
+
+
+class AwayThenBack(ScriptedClassifier):
+    """The model is away (unreachable) for its first `away_calls` calls, then answers."""
+
+    def __init__(self, away_calls: int) -> None:
+        super().__init__()
+        self.away_calls = away_calls
+        self.calls = 0
+
+    def classify(self, conversations):
+        self.calls += 1
+        if self.calls <= self.away_calls:
+            return [Judgement("unknown", None, "backend error: connection error", 0.0, 2, None, unavailable=True)
+                    for _ in conversations]
+        return super().classify(conversations)
+
+
+def _drain(worker: JudgeWorker, until_s: float) -> list:
+    deadline = time.monotonic() + until_s
+    done: list = []
+    while time.monotonic() < deadline and not done:
+        done = worker.take_done()
+        time.sleep(0.05)
+    return done
+
+
+def test_wait_policy_holds_windows_while_the_model_is_away_and_judges_them_when_it_returns():
+    metrics = DetectorMetrics()
+    classifier = AwayThenBack(away_calls=2)
+    judge = WindowJudge(classifier, JudgeSettings(max_wait_ms=0), metrics)
+    worker = JudgeWorker(judge, JudgeSettings(max_wait_ms=0), metrics)
+    try:
+        worker.submit(window("a", {"t2": "write failed"}))
+        time.sleep(0.5)  # the first attempt failed; the next is a backoff away
+        assert worker.take_done() == [] and worker.holding and worker.depth == 1
+        assert metrics.model_degraded._value.get() == 1  # noqa: SLF001
+        (judged,) = _drain(worker, until_s=10)  # backoff 1 s, then 2 s
+    finally:
+        worker.close()
+    assert judged.label == "abnormal" and classifier.calls == 3
+    assert not worker.holding and metrics.model_degraded._value.get() == 0  # noqa: SLF001
+    # The failed attempts were never cached as the template's verdict.
+    assert judge.cache.get("t2").label == "abnormal"
+
+
+def test_unknown_policy_and_a_passed_deadline_publish_unknown_with_the_reason():
+    for settings in (JudgeSettings(max_wait_ms=0, on_model_down="unknown"),
+                     JudgeSettings(max_wait_ms=0, model_down_deadline_s=0)):
+        metrics = DetectorMetrics()
+        judge = WindowJudge(AwayThenBack(away_calls=10), settings, metrics)
+        worker = JudgeWorker(judge, settings, metrics)
+        try:
+            worker.submit(window("a", {"t2": "write failed"}))
+            (judged,) = _drain(worker, until_s=5)
+        finally:
+            worker.close()
+        assert (judged.label, judged.reason) == ("unknown", "t2: backend error: connection error")
+        assert not worker.holding and metrics.model_degraded._value.get() == 1  # noqa: SLF001
+        assert judge.cache.get("t2") is None  # an outage is never a template's verdict

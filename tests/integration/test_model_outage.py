@@ -1,0 +1,80 @@
+"""The detector through a model outage: the real llama.cpp server killed mid-stream and started
+again 30 s later on the same port. Under judging.on_model_down=wait no window goes out for the
+outage: the windows wait, the input pauses, and the model judges them when it is back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import structlog
+
+from rationanomaly.model.llama_server import LlamaServer
+from rationanomaly.stream.app import Detector, RunLimits
+from rationanomaly.stream.sample import sample_lines
+from tests.conftest import LLAMA_SERVER_MARKS
+from tests.integration.detector_support import create_topics, produce_lines, unique
+from tests.integration.test_broker_outage import _block, _later, _read_until
+from tests.integration.test_detector_e2e import detector_settings
+
+pytestmark = [*LLAMA_SERVER_MARKS, pytest.mark.integration, pytest.mark.slow]
+
+OUTAGE_S = 30.0
+# Reasons a window carries when the model was away rather than wrong.
+AWAY = ("connection error", "timeout", "http 5", "unscored")
+
+
+def test_a_model_outage_holds_windows_until_the_model_is_back(kafka_bootstrap, tmp_path):
+    logs, out, dlq = unique("model-outage"), unique("verdicts"), unique("dlq")
+    create_topics(kafka_bootstrap, logs, out, dlq)
+    before = sample_lines(6, seed=3)
+    # New words, so the second half brings templates the model has not judged yet.
+    after = [line.replace(" block ", " chunk ").replace("Receiving", "Accepting")
+             for line in _later(sample_lines(6, seed=4), minutes=10)]  # fmt: skip
+    server = LlamaServer(n_threads=2).start()
+    port = server.port
+    settings = detector_settings(
+        kafka_bootstrap, logs, out, dlq, tmp_path,
+        input={"idle_timeout_s": 2.0}, checkpoint={"interval_s": 0.5},
+        backend={"kind": "openai", "base_url": server.base_url, "adapter": None, "decision": "generate",
+                 "max_new_tokens": 24, "timeout_s": 10, "retries": 1},
+        judging={"on_model_down": "wait", "model_down_deadline_s": 600},
+    )  # fmt: skip
+    detector = Detector(settings, limits=RunLimits(max_seconds=900))
+    outcome: list[int] = []
+    worker = threading.Thread(target=lambda: outcome.append(detector.run()), daemon=True)
+    try:
+        with structlog.testing.capture_logs() as events:
+            produce_lines(kafka_bootstrap, logs, [line.encode() for line in before])
+            worker.start()
+            first = {_block(line) for line in before}
+            assert first <= {v["window"]["key"] for v in _read_until(kafka_bootstrap, out, first, timeout_s=300)}
+
+            server.stop()
+            produce_lines(kafka_bootstrap, logs, [line.encode() for line in after])
+            time.sleep(OUTAGE_S)
+            during = {v["window"]["key"] for v in _read_until(kafka_bootstrap, out, first, timeout_s=30)}
+            assert worker.is_alive(), outcome
+            server = LlamaServer(port=port, n_threads=2).start()
+            restarted = time.monotonic()
+
+            expected = first | {_block(line) for line in after}
+            verdicts = _read_until(kafka_bootstrap, out, expected, timeout_s=600)
+            recovered = time.monotonic()
+            detector.stop()
+            worker.join(120)
+    finally:
+        server.stop()
+    assert outcome == [0], outcome
+    assert during == first, "windows were published while the model was away"
+    assert {v["window"]["key"] for v in verdicts} == expected
+    away = [v for v in verdicts if v["verdict"] == "unknown" and any(a in (v.get("reason") or "") for a in AWAY)]
+    assert not away, [v["reason"] for v in away]
+    names = [e["event"] for e in events]
+    assert "model_unavailable" in names and "model_available" in names
+    assert any(e["event"] == "partitions_paused" and e.get("model_away") for e in events)
+    unknown = [v for v in verdicts if v["verdict"] == "unknown"]
+    print(f"model outage: {len(expected)} windows, {len(unknown)} unknown (none for the outage: "
+          f"{sorted({v['reason'][:60] for v in unknown})}), held windows judged "
+          f"{recovered - restarted:.1f}s after the server was back")
