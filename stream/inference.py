@@ -210,7 +210,9 @@ def _header(rows: list[list[_Token]]) -> list[_Column]:
         if found is None:
             break
         column, share = found
-        needed = _COMPONENT_SHARE if column.kind == "comp" else _SHARE
+        # A component or a " - " ends the header in most lines; in the rest a field before it
+        # holds a blank ("chrome.exe *64 - ..."), which a lazy field still matches.
+        needed = _COMPONENT_SHARE if column.kind in ("comp", "dash") else _SHARE
         if share < needed:
             break
         if seen_level and column.kind == "word":
@@ -271,9 +273,11 @@ def _build(
             else:
                 parts.append(f"<{f}>:")
         elif k == "dash":
-            # a literal where (nearly) every line has it; a field where other values stand there
-            # in some lines (loghub's BGL label column: "-" or an alert category)
-            parts.append("-" if len(col.tokens) >= _LITERAL_SHARE * total else f"<{name('Dash')}>")
+            # After other fields a " - " separates (where it stands later, the field before it
+            # holds a blank); leading the line it is a value, "-" in (nearly) every line or a
+            # field (loghub's BGL label column: "-" or an alert category).
+            literal = i > 0 or len(col.tokens) >= _LITERAL_SHARE * total
+            parts.append("-" if literal else f"<{name('Dash')}>")
         elif k in ("bracket", "bts", "blevel"):
             after_level = i > 0 and kinds[i - 1] in ("level", "blevel", "word")
             parts.append(f"\\[<{name('Thread' if after_level and 'level_field' in opts else 'Context')}>\\]")

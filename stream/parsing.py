@@ -32,7 +32,11 @@ SNAPSHOT_FORMAT = "rationanomaly.drain3/1"
 class ParsingSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sim_th: float = Field(0.4, gt=0, le=1)
+    # Drain3 ships 0.4. At 0.7 two lines share a template only if 70% of their tokens agree
+    # (masked values count as agreeing): short templates that differ in one word ("VM Paused",
+    # "VM Resumed") stay apart. Mean grouping accuracy on the 16 loghub samples 0.766 -> 0.816,
+    # none lower (bench/parsing_accuracy.py).
+    sim_th: float = Field(0.7, gt=0, le=1)
     depth: int = Field(4, ge=3)
     max_children: int = Field(100, ge=2)
     max_clusters: int | None = Field(None, ge=1)  # None: unbounded; else least recently used go

@@ -198,7 +198,7 @@ def test_restore_under_changed_settings_warns_and_works() -> None:
     parser = TemplateParser(ParsingSettings())
     parser.parse("session opened for user root")
     with structlog.testing.capture_logs() as logs:
-        restored = TemplateParser.restore(parser.snapshot(), ParsingSettings(sim_th=0.7))
+        restored = TemplateParser.restore(parser.snapshot(), ParsingSettings(sim_th=0.45))
     assert logs == [{"event": "snapshot_settings_differ", "changed": ["sim_th"], "log_level": "warning"}]
     assert restored.parse("session opened for user root").text == "session opened for user root"
 
