@@ -49,6 +49,8 @@ from pathlib import Path
 from string import Template
 
 KAFKA_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(KAFKA_DIR))  # run as a script or loaded by path: its sibling module either way
+import secure_listener  # noqa: E402
 POM = KAFKA_DIR / "pom.xml"
 SERVER_TEMPLATE = KAFKA_DIR / "server.properties.template"
 LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
@@ -240,11 +242,15 @@ def _info(port: int, state: Path, pid: int | None, started: bool) -> dict:
         for line in props.read_text().splitlines():
             if line.startswith("controller.quorum.bootstrap.servers="):
                 controller = int(line.rsplit(":", 1)[1])
-    return {"bootstrap": f"{HOST}:{port}", "port": port, "controller_port": controller,
+    info = {"bootstrap": f"{HOST}:{port}", "port": port, "controller_port": controller,
             "data_dir": str(state), "pid": pid, "started": started}
+    secure = secure_listener.read(state)
+    if secure is not None:
+        info.update({k: secure[k] for k in ("sasl_ssl_bootstrap", "mechanism", "ca_location", "users")})
+    return info
 
 
-def up(port: int, controller_port: int | None, timeout_s: float) -> dict:
+def up(port: int, controller_port: int | None, timeout_s: float, secure: bool = False) -> dict:
     if port == 0:
         port = free_port()
     state = data_dir(port)
@@ -272,11 +278,17 @@ def up(port: int, controller_port: int | None, timeout_s: float) -> dict:
     shutil.rmtree(state, ignore_errors=True)
     (state / "logs").mkdir(parents=True)
     props = state / "server.properties"
-    props.write_text(Template(SERVER_TEMPLATE.read_text()).substitute(
-        port=port, controller_port=controller_port, log_dirs=state / "kraft"))
+    text = Template(SERVER_TEMPLATE.read_text()).substitute(port=port, controller_port=controller_port,
+                                                            log_dirs=state / "kraft")
+    format_args: list[str] = []
+    if secure:
+        tls = secure_listener.prepare(state, HOST, free_port(avoid={port, controller_port}))
+        text = secure_listener.properties(text, HOST, port, controller_port, tls)
+        format_args = secure_listener.scram_format_args(tls)
+    props.write_text(text)
 
     fmt = subprocess.run(
-        [*_jvm_args(state, libs), "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(props)],
+        [*_jvm_args(state, libs), "kafka.tools.StorageTool", "format", "--standalone", "-t", _cluster_id(), "-c", str(props), *format_args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     if fmt.returncode != 0:
@@ -387,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd.add_argument("--json", action="store_true", help="print the broker's details as JSON")
         if name == "up":
             cmd.add_argument("--controller-port", type=int, default=None, help="default: a free port")
+            cmd.add_argument("--secure", action="store_true",
+                             help="add a SASL_SSL listener with SCRAM-SHA-512 users and ACLs (kafka/secure_listener.py)")
         if name in ("up", "start", "restart"):
             cmd.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for metadata")
         if name == "restart":
@@ -400,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "up":
             started = time.monotonic()
-            info = up(args.port, args.controller_port, args.timeout)
+            info = up(args.port, args.controller_port, args.timeout, secure=args.secure)
             if args.json:
                 print(json.dumps(info))
             elif info["started"]:

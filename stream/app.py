@@ -17,7 +17,7 @@ import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from rationanomaly.model.backends import Backend
-from rationanomaly.stream.broker_link import RETRIABLE_COMMIT, BrokerLink, BrokerRefused
+from rationanomaly.stream.broker_link import RETRIABLE_COMMIT, BrokerLink, BrokerRefused, is_refusal
 from rationanomaly.stream.checkpoint import CheckpointStore
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
@@ -127,10 +127,16 @@ class Detector:
         s = self._settings
         started = time.monotonic()
         while True:
-            self._link.check()
             try:
                 self._consumer.list_topics(s.input.topic, timeout=5.0)
             except KafkaException as exc:
+                # A refused login or handshake reaches only error_cb, served by poll: a wrong
+                # password must end the start at once, not after the whole wait.
+                if is_refusal(exc.args[0]):
+                    self._link.on_error(exc.args[0])
+                self._consumer.poll(0)
+                self._producer.poll(0)
+                self._link.check()
                 waited = time.monotonic() - started
                 if waited >= s.kafka.startup_timeout_s:
                     raise BrokerUnreachable(

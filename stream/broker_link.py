@@ -45,6 +45,11 @@ _REFUSED = frozenset({
 })  # fmt: skip
 
 
+def is_refusal(error: KafkaError) -> bool:
+    """An error no retry mends: fatal, or a refused login, handshake or authorization."""
+    return error.fatal() or error.code() in _REFUSED
+
+
 class BrokerRefused(RuntimeError):
     """The cluster refused this client for good (fatal error, authentication, TLS, authorization)."""
 
@@ -64,7 +69,7 @@ class BrokerLink:
 
     def on_error(self, error: KafkaError) -> None:
         code = error.code()
-        if error.fatal() or code in _REFUSED:
+        if is_refusal(error):
             if self.refused is None:
                 self.refused = error
                 log.error("kafka_refused", code=error.name(), error=error.str())
