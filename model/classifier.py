@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import structlog
 
 from rationanomaly.model.backends.base import Backend, BackendError, Conversation, Generation
 from rationanomaly.model.parser import VerdictParseError, parse_verdict
-from rationanomaly.model.prompt import PROMPT_VERSION
+from rationanomaly.model.prompt import PROMPT_VERSION, control_marks
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,27 @@ class Classifier:
             log.warning("judgement unknown", reason=last_reason[index], attempts=attempt, model=self.model_id)
             results[index] = Judgement("unknown", None, last_reason[index], latency[index], attempt, last_raw[index],
                                        unavailable=away[index])
-        return [judgement for judgement in results if judgement is not None]
+        return [_steered(conversations[i], judgement) for i, judgement in enumerate(results) if judgement is not None]
+
+
+def _steered(conversation: Conversation, judgement: Judgement) -> Judgement:
+    """A log carrying chat-role markers or output tags (neutralised in the prompt) is an attempt
+    to steer the judge, and the model may still be swayed by what surrounds them: such a log is
+    reported abnormal, never normal. Unknowns stay unknown (nothing was judged)."""
+    if judgement.label != "normal":
+        return judgement
+    marks = control_marks(conversation)
+    if not marks:
+        return judgement
+    shown = ", ".join(dict.fromkeys(marks[:3]))
+    return replace(
+        judgement,
+        label="abnormal",
+        rationale=(f"The log carries text shaped like a language model's control tokens or output tags ({shown}), "
+                   "neutralised before judging: an attempt to steer an automated judge. Reported abnormal; "
+                   f"the model alone answered normal: {judgement.rationale or ''}").strip(),
+        confidence=None,
+    )
 
 
 def _judge(generation: Generation, attempt: int, latency_s: float) -> tuple[Judgement | None, str]:
