@@ -125,3 +125,30 @@ def test_render_each_format() -> None:
     with pytest.raises(ValueError):
         render(v, "cef")
 
+
+
+def test_severity_follows_fault_class_confidence_and_evidence() -> None:
+    """stream/SIEM.md's table, through build_verdict and both SIEM forms."""
+
+    def judged(text: str, confidence: float | None) -> Verdict:
+        window = Window(
+            kind=WindowKind.COUNT, key="n1", start_ms=0, end_ms=1, lines=1, sequence=("t",),
+            templates={"t": text}, offsets=(OffsetRange(0, 0, 0),), topic="x",
+        )
+        j = Judged(window=window, label="abnormal", rationale="r", template_labels={"t": "abnormal"})
+        return build_verdict(j, profile="p", model_id="m", prompt_version="p", created_ms=1, confidence=confidence)
+
+    cases = [
+        ("ddr: uncorrectable error on DIMM 3", 0.95, "hardware", "Critical", 5),
+        ("ddr: uncorrectable error on DIMM 3", 0.8, "hardware", "High", 4),
+        ("kernel panic - not syncing", None, "system", "High", 4),
+        ("Connection timed out to 10.0.0.1", 0.6, "network", "Low", 2),
+        ("Got exception while serving blk", 0.92, "software", "High", 4),
+        # No trouble phrase: the model's word is the only evidence.
+        ("PacketResponder 1 for block blk_1 terminating", 0.97, "network", "Medium", 3),
+        ("Verification succeeded for blk_1", None, "system", "Low", 2),
+    ]
+    for text, confidence, fault, name, number in cases:
+        v = judged(text, confidence)
+        assert (v.fault_class, v.severity) == (fault, name), text
+        assert to_ocsf(v)["severity_id"] == to_ecs(v)["event"]["severity"] == number, text
