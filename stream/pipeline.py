@@ -20,8 +20,9 @@ from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.judging import JudgedWindow, JudgeWorker
 from rationanomaly.stream.ledger import OffsetLedger
 from rationanomaly.stream.metrics import DetectorMetrics
+from rationanomaly.stream.multiline import Event, LineJoiner
 from rationanomaly.stream.parsing import TemplateParser
-from rationanomaly.stream.records import DeadLetter, ParsedLog, SourceRef, Window
+from rationanomaly.stream.records import DeadLetter, LogRecord, ParsedLog, SourceRef, Window
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.siem import selected
 from rationanomaly.stream.sinks import VerdictSink
@@ -44,6 +45,7 @@ class PartitionState:
     # key -> last offset of a window already published; see checkpoint.py for why.
     produced: dict[str, int] = field(default_factory=dict)
     replay_until: int = -1  # the largest offset in `produced` from the restored checkpoint
+    joiner: LineJoiner | None = None  # the profile's multi-line events: the one still open
     prune_at: int = 1024  # size of `produced` that triggers pruning it (replay never checkpoints)
 
 
@@ -87,6 +89,7 @@ class Pipeline:
         state = self._states.get(partition)
         if state is None:
             state = PartitionState(TemplateParser(self._settings.parsing), Windower(self._settings.windows))
+            state.joiner = self._joiner()
             self._states[partition] = state
         return state
 
@@ -99,6 +102,7 @@ class Pipeline:
             Windower(self._settings.windows),
             produced=dict(checkpoint.produced),
             replay_until=max(checkpoint.produced.values(), default=-1),
+            joiner=self._joiner(),
         )
         self._states[partition] = state
         log.info("partition_restored", partition=partition, offset=checkpoint.offset, templates=state.parser.size)
@@ -107,6 +111,11 @@ class Pipeline:
         """The offset that may be committed: below every line still in an open or unpublished window."""
         state = self._states.get(partition)
         open_min = state.windower.open_min_offsets().get(partition) if state is not None else None
+        if state is not None and state.joiner is not None:
+            # an event still being joined: the commit stays at its head, never inside it
+            head = state.joiner.pending_first
+            if head is not None and (open_min is None or head < open_min):
+                open_min = head
         return self.ledger.committable(partition, open_min)
 
     def checkpoint(self, partition: int, offset: int) -> Checkpoint:
@@ -131,10 +140,35 @@ class Pipeline:
         if isinstance(record, DeadLetter):
             self._dead(record)
             return
+        if state.joiner is not None:
+            event = state.joiner.push(record, now_s)
+            if event is not None:
+                self._process(state, event.head, event)
+            return
+        self._process(state, record, None)
+
+    def _joiner(self) -> LineJoiner | None:
+        rule = self._profile.multiline
+        return None if rule is None else LineJoiner(rule)
+
+    def _process(self, state: PartitionState, record: LogRecord, event: Event | None) -> None:
+        """One event (a line, or a head line with its continuation lines) into its windows."""
+        source = record.source
         header = self._headers.split(record)
         if isinstance(header, DeadLetter):
+            if event is not None and event.line_count > 1:  # the letter carries the whole event
+                header = DeadLetter(header.source, header.stage, header.error, "\n".join(event.lines).encode("utf-8"), header.key)
             self._dead(header)
             return
+        content = header.content
+        if event is not None and event.line_count > 1:
+            # Drain3 mines the head line, led by the innermost exception's class: leading, it
+            # routes the line down its own branch of Drain's prefix tree, so traces of two
+            # exception classes stay two templates (at the end Drain would make it a <*>). The
+            # frames and the exception's message vary and stay out.
+            exception = event.exception
+            if exception is not None:
+                content = f"{exception}: {content}"
         if header.time_from_record and not self._warned_record_time:
             self._warned_record_time = True
             log.warning(
@@ -147,8 +181,8 @@ class Pipeline:
         parsed = ParsedLog(
             source=source,
             event_time_ms=header.event_time_ms,
-            content=header.content,
-            template=state.parser.parse(header.content),
+            content=content,
+            template=state.parser.parse(content),
             host=header.host,
             level=header.level,
             component=header.component,
@@ -200,6 +234,10 @@ class Pipeline:
         idle_s = self._settings.input.idle_timeout_s
         self._dead_log.tick()
         for partition, state in self._states.items():
+            if idle and state.joiner is not None:
+                event = state.joiner.expire(now_s)
+                if event is not None:
+                    self._process(state, event.head, event)
             closed = state.windower.advance(state.watermark_ms)
             if not idle:
                 if state.last_activity_s is not None:
@@ -222,6 +260,10 @@ class Pipeline:
         """End of input: every open window closes now."""
         self._dead_log.flush()
         for partition, state in self._states.items():
+            if state.joiner is not None:
+                event = state.joiner.flush()
+                if event is not None:
+                    self._process(state, event.head, event)
             closed = state.windower.flush()
             if closed:
                 self._submit(partition, closed)

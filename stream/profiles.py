@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from rationanomaly.stream.multiline import STACK_TRACES, MultilineSettings
 from rationanomaly.stream.records import DeadLetter, Header, Label, LogRecord
 
 _STAGE = "profile"
@@ -80,6 +81,9 @@ class FormatProfile(BaseModel):
     component_field: str | None = None
     label_field: str | None = None  # a ground-truth column (BGL, Thunderbird); never shown to the model
     normal_labels: frozenset[str] = frozenset({"-"})
+    # How continuation lines (stack traces) join the line that starts their event; None: every
+    # line is an event. See stream/multiline.py.
+    multiline: MultilineSettings | None = None
 
     @model_validator(mode="after")
     def _fields_exist(self) -> FormatProfile:
@@ -187,6 +191,7 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
             timestamp_format=ISO8601,
             level_field="Level",
             component_field="Component",
+            multiline=STACK_TRACES,
         ),
         FormatProfile(
             name="hadoop",
@@ -195,6 +200,7 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
             timestamp_format=ISO8601,
             level_field="Level",
             component_field="Component",
+            multiline=STACK_TRACES,
         ),
         FormatProfile(
             name="spark",
@@ -203,6 +209,7 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
             timestamp_format="%y/%m/%d %H:%M:%S",
             level_field="Level",
             component_field="Component",
+            multiline=STACK_TRACES,
         ),
         FormatProfile(
             name="openstack",
@@ -211,6 +218,7 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
             timestamp_format=ISO8601,
             level_field="Level",
             component_field="Component",
+            multiline=STACK_TRACES,
         ),
         # The whole line is content; the event time is the envelope's or the Kafka record's.
         FormatProfile(name="raw", log_format="<Content>"),
