@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rationanomaly.stream.multiline import STACK_TRACE_CONTINUATION, STACK_TRACES
 from rationanomaly.stream.profiles import FormatProfile, HeaderParser
 from rationanomaly.stream.records import DeadLetter, LogRecord, SourceRef
 from rationanomaly.stream.timestamps import TimestampShape, find_shape, find_timestamp
@@ -341,8 +342,12 @@ def session_key(contents: Sequence[str]) -> SessionKey | None:
 def infer_profile(lines: Sequence[str], year: int = 2024, name: str = "inferred") -> Inference:
     if not lines:
         raise ValueError("no lines to infer a profile from")
+    # Stack-trace lines (indented frames, "Caused by:") carry no header: the header is
+    # inferred from the other lines, so a log full of traces still gets one.
+    continuation = re.compile(STACK_TRACE_CONTINUATION)
+    heads = [line for line in lines if not continuation.search(line)] or list(lines)
     shapes = Counter()
-    for line in lines:
+    for line in heads:
         found = find_timestamp(line, _HEAD_CHARS)
         if found is not None:
             shapes[found[0].name] += 1
@@ -350,19 +355,25 @@ def infer_profile(lines: Sequence[str], year: int = 2024, name: str = "inferred"
     notes: list[str] = []
     if shapes:
         best, count = shapes.most_common(1)[0]
-        if count / len(lines) >= _TIME_SHARE:
+        if count / len(heads) >= _TIME_SHARE:
             from rationanomaly.stream.timestamps import SHAPES
 
             shape = next(s for s in SHAPES if s.name == best)
     if shape is None:
         notes.append("no timestamp shape in most lines: event time comes from the record (or replay's file clock)")
-    rows = [_tokens(line, find_shape(line, shape, _HEAD_CHARS) if shape else None) for line in lines]
+    rows = [_tokens(line, find_shape(line, shape, _HEAD_CHARS) if shape else None) for line in heads]
     columns = _header(rows)
-    profile, build_notes = _build(columns, shape, year, len(lines))
+    profile, build_notes = _build(columns, shape, year, len(heads))
     notes.extend(build_notes)
     profile = profile.model_copy(update={"name": name})
     coverage = measure(profile, lines)
     parser = HeaderParser(profile)
+    unsplit = [line for i, line in enumerate(lines) if isinstance(parser.split(LogRecord(SourceRef("sample", 0, i), line, timestamp_ms=0)), DeadLetter)]
+    traced = sum(1 for line in unsplit if continuation.search(line))
+    if unsplit and traced >= 0.5 * len(unsplit):
+        # the lines that do not split are mostly stack-trace lines: join them to their events
+        profile = profile.model_copy(update={"multiline": STACK_TRACES})
+        notes.append(f"{traced} of the {len(unsplit)} lines that do not split look like stack-trace lines: multiline preset stack_traces joins them to their events")
     contents = []
     for i, line in enumerate(lines):
         out = parser.split(LogRecord(SourceRef("sample", 0, i), line, timestamp_ms=0))

@@ -125,3 +125,14 @@ def test_render_quotes_nothing_it_should_not(inferred) -> None:
     assert loaded["profile"]["custom"]["log_format"] == inferred["Proxifier"].profile.log_format
     assert "default_year" in loaded["profile"]["custom"]  # the sample's timestamps have no year
     assert "# note: timestamps carry no year" in text
+
+
+def test_a_log_full_of_tracebacks_gets_a_header_and_multiline() -> None:
+    from tests.unit.stream.traceback_sample import traceback_log
+
+    lines, _, _ = traceback_log(instances=40)
+    inference = infer_profile(lines)
+    profile = inference.profile
+    assert profile.timestamp_format == "iso8601" and profile.level_field == "Level"
+    assert profile.multiline is not None and profile.multiline.preset == "stack_traces"
+    assert any("stack-trace lines" in note for note in inference.notes)
