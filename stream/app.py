@@ -138,13 +138,13 @@ class Detector:
                 self._producer.poll(0)
                 self._link.check()
                 waited = time.monotonic() - started
+                log.warning("waiting_for_broker", bootstrap=s.kafka.bootstrap_servers, waited_s=round(waited, 1),
+                            gives_up_after_s=s.kafka.startup_timeout_s, error=exc.args[0].str())  # fmt: skip
                 if waited >= s.kafka.startup_timeout_s:
                     raise BrokerUnreachable(
                         f"no Kafka broker answered at {s.kafka.bootstrap_servers} within "
                         f"{s.kafka.startup_timeout_s:g}s (kafka.startup_timeout_s): {exc.args[0].str()}"
                     ) from exc
-                log.warning("waiting_for_broker", bootstrap=s.kafka.bootstrap_servers, waited_s=round(waited, 1),
-                            gives_up_after_s=s.kafka.startup_timeout_s)  # fmt: skip
                 if self._stop.wait(1.0):
                     raise BrokerUnreachable("stopped while waiting for a broker") from exc
                 continue
