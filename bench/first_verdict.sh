@@ -2,7 +2,7 @@
 # Time from a fresh clone to the first verdict `make run` prints, and the venv's size.
 #
 #   bench/first_verdict.sh warm    # pip's cache and the project's caches as this machine has them
-#   bench/first_verdict.sh cold    # pip's cache off, and empty model, Kafka-jar and Maven caches
+#   bench/first_verdict.sh cold    # pip's and uv's caches off, and empty model, Kafka-jar and Maven caches
 #
 # It clones HEAD of this repository into a temporary folder (nothing uncommitted travels), runs
 # `make run` there on a free broker port, timestamps every line it prints, and reports:
@@ -21,7 +21,7 @@ git clone -q "$repo" "$tmp/clone"
 port=$(python3.11 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 env_args=()
 if [ "$mode" = cold ]; then
-    env_args+=(PIP_NO_CACHE_DIR=1 RATIONANOMALY_MODEL_CACHE="$tmp/models" RATIONANOMALY_KAFKA_LIBS="$tmp/kafka-libs"
+    env_args+=(PIP_NO_CACHE_DIR=1 UV_NO_CACHE=1 RATIONANOMALY_MODEL_CACHE="$tmp/models" RATIONANOMALY_KAFKA_LIBS="$tmp/kafka-libs"
                MAVEN_OPTS="-Dmaven.repo.local=$tmp/m2")
 elif [ "$mode" != warm ]; then
     echo "first_verdict: mode is warm or cold, not '$mode'" >&2
