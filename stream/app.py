@@ -17,6 +17,7 @@ import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from rationanomaly.model.backends import Backend
+from rationanomaly.stream import health
 from rationanomaly.stream.broker_link import RETRIABLE_COMMIT, BrokerLink, BrokerRefused, is_refusal
 from rationanomaly.stream.checkpoint import CheckpointStore
 from rationanomaly.stream.engine import Engine, build_engine
@@ -80,9 +81,23 @@ class Detector:
         self._stop.set()
 
     def serve_metrics(self, port: int, addr: str = "0.0.0.0") -> int:
-        bound = self.metrics.serve(port, addr)
+        """/metrics (Prometheus) and /health (stream/health.py) on `port`; returns the bound port."""
+        bound = health.serve(self.metrics.registry, self.health, port, addr)
         log.info("metrics_serving", port=bound)
         return bound
+
+    def health(self) -> dict[str, object]:
+        """What /health reports: read from other threads, so plain values only."""
+        worker = self._engine.worker if self._engine is not None else None
+        model_away = bool(worker is not None and worker.holding)
+        broker_reachable = self._link.reachable
+        return {
+            "status": "ok" if broker_reachable and not model_away else "degraded",
+            "broker_reachable": broker_reachable,
+            "model_away": model_away,
+            "paused": self._paused,
+            "partitions": sorted(self._assigned),
+        }
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)

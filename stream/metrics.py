@@ -1,8 +1,9 @@
-"""Prometheus metrics for the detector, on a registry of its own so tests can build many."""
+"""Prometheus metrics for the detector, on a registry of its own so tests can build many
+(served with /health by stream/health.py)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class DetectorMetrics:
@@ -51,8 +52,3 @@ class DetectorMetrics:
         self.template_cache_evictions = Counter(
             "rationanomaly_template_cache_evictions", "Judged templates dropped from the cache at judging.cache_max_templates", registry=r
         )
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Starts the /metrics endpoint on a daemon thread; returns the bound port (0 picks one)."""
-        server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return server.server_port

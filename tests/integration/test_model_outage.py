@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 import structlog
 
@@ -42,6 +43,7 @@ def test_a_model_outage_holds_windows_until_the_model_is_back(kafka_bootstrap, t
         judging={"on_model_down": "wait", "model_down_deadline_s": 600},
     )  # fmt: skip
     detector = Detector(settings, limits=RunLimits(max_seconds=900))
+    health_url = f"http://127.0.0.1:{detector.serve_metrics(0, addr='127.0.0.1')}/health"
     outcome: list[int] = []
     worker = threading.Thread(target=lambda: outcome.append(detector.run()), daemon=True)
     try:
@@ -56,6 +58,8 @@ def test_a_model_outage_holds_windows_until_the_model_is_back(kafka_bootstrap, t
             time.sleep(OUTAGE_S)
             during = {v["window"]["key"] for v in _read_until(kafka_bootstrap, out, first, timeout_s=30)}
             assert worker.is_alive(), outcome
+            state = httpx.get(health_url).json()
+            assert (state["status"], state["model_away"], state["paused"]) == ("degraded", True, True), state
             server = LlamaServer(port=port, n_threads=2).start()
             restarted = time.monotonic()
 

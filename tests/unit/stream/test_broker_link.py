@@ -50,3 +50,4 @@ def test_a_refusal_ends_the_run_with_its_reason(error: KafkaError) -> None:
     link.on_error(KafkaError(KafkaError._TRANSPORT, "later noise"))
     with pytest.raises(BrokerRefused, match=error.name()):
         link.check()
+
