@@ -249,17 +249,27 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_loader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _no_progress_bars():
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The GGUF loader leaves a quantization config behind that would make the saved fp32
-        # checkpoint claim to be quantised and refuse to train or reload cleanly.
-        if getattr(lm, "hf_quantizer", None) is not None:
-            lm.hf_quantizer.remove_quantization_config(lm)
-        lm.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+    # The GGUF loader calls tqdm itself, outside transformers' progress-bar switch: for this one
+    # conversion it is handed a tqdm that is disabled.
+    bar = gguf_loader.tqdm
+    gguf_loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        with _no_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            # The GGUF loader leaves a quantization config behind that would make the saved fp32
+            # checkpoint claim to be quantised and refuse to train or reload cleanly.
+            if getattr(lm, "hf_quantizer", None) is not None:
+                lm.hf_quantizer.remove_quantization_config(lm)
+            lm.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+    finally:
+        gguf_loader.tqdm = bar
 
 
 @contextmanager
