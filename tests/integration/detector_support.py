@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from rationanomaly.model.backends import Backend, Generation
@@ -87,6 +87,16 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, idle_s: 
     finally:
         consumer.close()
     return records
+
+
+def committed_offset(bootstrap: str, group: str, topic: str) -> int:
+    """The group's committed offset on partition 0 of `topic` (OFFSET_INVALID when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return tp.offset
+    finally:
+        consumer.close()
 
 
 def verdicts_of(records) -> list[dict]:

@@ -8,12 +8,19 @@ import urllib.request
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from rationanomaly.stream.app import Detector, RunLimits
 from rationanomaly.stream.replay import replay_files, replay_topic
 from rationanomaly.stream.settings import load_settings
-from tests.integration.detector_support import create_topics, file_values, produce_lines, read_topic, unique, verdicts_of
+from tests.integration.detector_support import (
+    committed_offset,
+    create_topics,
+    file_values,
+    produce_lines,
+    read_topic,
+    unique,
+    verdicts_of,
+)
 from tests.integration.test_detector_e2e import detector_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -22,15 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def hdfs_2k(data_dir):
     return data_dir / "raw" / "loghub_2k" / "HDFS_2k.log"
-
-
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return tp.offset
-    finally:
-        consumer.close()
 
 
 def test_exactly_once_commits_verdicts_and_offsets_together(kafka_bootstrap, hdfs_2k, real_backend, backend_settings, tmp_path):
@@ -48,7 +46,7 @@ def test_exactly_once_commits_verdicts_and_offsets_together(kafka_bootstrap, hdf
     _, reference = _replayed(hdfs_2k, real_backend, backend_settings)
     verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(reference)))  # read_committed
     assert sorted(v["verdict_id"] for v in verdicts) == sorted(v["verdict_id"] for v in reference)
-    assert _committed(kafka_bootstrap, settings.kafka.group_id, logs) == len(values)
+    assert committed_offset(kafka_bootstrap, settings.kafka.group_id, logs) == len(values)
     # The shipped adapter ranks (decision.json): every decided verdict carries its confidence.
     decided = [v for v in verdicts if v["verdict"] != "unknown"]
     assert decided and all(0.5 <= v["confidence"] <= 1.0 for v in decided)

@@ -10,10 +10,16 @@ from dataclasses import dataclass
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from rationanomaly.stream.app import Detector, RunLimits
-from tests.integration.detector_support import create_topics, file_values, produce_lines, read_topic, unique
+from tests.integration.detector_support import (
+    committed_offset,
+    create_topics,
+    file_values,
+    produce_lines,
+    read_topic,
+    unique,
+)
 from tests.integration.test_detector_e2e import detector_settings
 from tests.unit.test_deploy import (
     PROMETHEUS_SERIES,
@@ -38,15 +44,6 @@ class Run:
     dead_letters: list
     committed: int
     scraped: str
-
-
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return tp.offset
-    finally:
-        consumer.close()
 
 
 def _sample(scraped: str, name: str, **labels: str) -> float:
@@ -79,7 +76,7 @@ def run(kafka_bootstrap, data_dir, real_backend, backend_settings, tmp_path_fact
         alerts=read_topic(kafka_bootstrap, alerts),
         full=[orjson.loads(m.value()) for m in read_topic(kafka_bootstrap, full, expected=judged)],
         dead_letters=read_topic(kafka_bootstrap, dlq, expected=len(BAD_LINES)),
-        committed=_committed(kafka_bootstrap, settings.kafka.group_id, logs),
+        committed=committed_offset(kafka_bootstrap, settings.kafka.group_id, logs),
         scraped=scraped,
     )
 
