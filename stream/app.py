@@ -180,15 +180,16 @@ class Detector:
     def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         # An assignment right after a broker restart meets a coordinator still loading its
         # offsets; raising here would end the run from inside the rebalance callback.
-        for attempt in range(12):
+        attempts = 0
+        while True:
             try:
                 return consumer.committed(partitions, timeout=10)
             except KafkaException as exc:
-                if exc.args[0].code() not in RETRIABLE_COMMIT or attempt == 11:
+                attempts += 1
+                if exc.args[0].code() not in RETRIABLE_COMMIT or attempts >= 12:
                     raise
-                log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=attempt + 1)
-                time.sleep(min(5.0, 0.5 * 2**attempt))
-        raise AssertionError("unreachable")
+                log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=attempts)
+                time.sleep(min(5.0, 0.5 * 2 ** (attempts - 1)))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
