@@ -77,6 +77,15 @@ class InputSettings(_Section):
     poll_timeout_s: float = Field(0.2, gt=0)
     # A partition with no new line for this long has its open windows closed (wall clock).
     idle_timeout_s: float = Field(30.0, gt=0)
+    # The producers already key each record by its window key (the HDFS block id, the host...):
+    # every window's lines share a partition, so the repartition hop (stream/repartition.py) is skipped.
+    keyed_by_window: bool = False
+    # Partitions of the internal `<group>-repartition` topic when the detector creates it; None:
+    # the input topic's count. An existing topic with another count is an error, never resized.
+    repartition_partitions: int | None = Field(None, ge=1)
+    # How long the repartition topic keeps records: long enough for a partition's next owner to
+    # re-read from the oldest open window after a crash, short enough not to keep logs twice.
+    repartition_retention_ms: int = Field(7 * 24 * 3_600_000, ge=60_000)
 
 
 class JudgeSettings(_Section):
