@@ -14,6 +14,10 @@ from rationanomaly.model.prompt import PROMPT_VERSION, control_marks
 
 log = structlog.get_logger(__name__)
 
+# Said in the rationale of a log that carried text addressed to a model (a separate flag, not a
+# verdict): what the judge read is the log without it.
+STEERING_NOTE = "Text addressed to the model (chat markup, output tags or instructions to the judge) was removed from the log before judging."
+
 JudgementLabel = Literal["normal", "abnormal", "unknown"]
 
 
@@ -81,23 +85,15 @@ class Classifier:
 
 
 def _steered(conversation: Conversation, judgement: Judgement) -> Judgement:
-    """A log carrying chat-role markers or output tags (neutralised in the prompt) is an attempt
-    to steer the judge, and the model may still be swayed by what surrounds them: such a log is
-    reported abnormal, never normal. Unknowns stay unknown (nothing was judged)."""
-    if judgement.label != "normal":
+    """A log that carried text addressed to a model (chat-role markers, output tags, sentences
+    telling the judge what to answer: `model.guard`) was judged without it, on its own content.
+    The label stays the model's: overriding it to abnormal made every normal log carrying such
+    text a false alarm (bench/injection.py, ra-prompt-2: 100 normal->abnormal flips in 400).
+    The rationale says what was removed, so the attempt shows in the verdict. Unknowns stay
+    unknown (nothing was judged)."""
+    if judgement.label == "unknown" or not control_marks(conversation):
         return judgement
-    marks = control_marks(conversation)
-    if not marks:
-        return judgement
-    shown = ", ".join(dict.fromkeys(marks[:3]))
-    return replace(
-        judgement,
-        label="abnormal",
-        rationale=(f"The log carries text shaped like a language model's control tokens or output tags ({shown}), "
-                   "neutralised before judging: an attempt to steer an automated judge. Reported abnormal; "
-                   f"the model alone answered normal: {judgement.rationale or ''}").strip(),
-        confidence=None,
-    )
+    return replace(judgement, rationale=f"{judgement.rationale or ''} {STEERING_NOTE}".strip())
 
 
 def _judge(generation: Generation, attempt: int, latency_s: float) -> tuple[Judgement | None, str]:
