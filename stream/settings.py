@@ -8,7 +8,7 @@ Environment names are `RATIONANOMALY_<SECTION>__<FIELD>`, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -149,6 +149,39 @@ class CheckpointSettings(_Section):
     interval_s: float = Field(5.0, gt=0)
 
 
+class StateSettings(_Section):
+    """Where the detector keeps its state (stream/state_topics.py, stream/README.md "State topics").
+
+    `kafka`: compacted topics, restored by whichever instance is assigned a partition (the
+    default; any number of instances). `local`: checkpoint.dir and judging.cache_file only, for
+    one process on one machine.
+    """
+
+    store: Literal["kafka", "local"] = "kafka"
+    # Topic names; None: "<group>-checkpoints", "<group>-template-verdicts", "<group>-corrections".
+    checkpoint_topic: str | None = None
+    cache_topic: str | None = None
+    corrections_topic: str | None = None
+    replication_factor: int = Field(-1, ge=-1)  # -1: the broker's default.replication.factor
+    # How long reading a state topic to its end may take at start or on assignment.
+    restore_timeout_s: float = Field(60.0, gt=0)
+
+    def topic(self, kind: Literal["checkpoints", "template-verdicts", "corrections"], group_id: str) -> str:
+        given = {"checkpoints": self.checkpoint_topic, "template-verdicts": self.cache_topic,
+                 "corrections": self.corrections_topic}[kind]  # fmt: skip
+        return given or f"{group_id}-{kind}"
+
+
+class FeedbackSettings(_Section):
+    """Operator corrections (stream/feedback.py): read from `topic`, kept in state.corrections_topic."""
+
+    enabled: bool = True
+    topic: str | None = None  # None: "<group>-feedback"
+
+    def topic_for(self, group_id: str) -> str:
+        return self.topic or f"{group_id}-feedback"
+
+
 class MetricsSettings(_Section):
     port: int | None = Field(9108, ge=0, le=65535)  # None disables the endpoint
 
@@ -177,6 +210,8 @@ class DetectorSettings(BaseSettings):
     output: OutputSettings = OutputSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     metrics: MetricsSettings = MetricsSettings()
+    state: StateSettings = StateSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
 
     @classmethod
     def settings_customise_sources(
