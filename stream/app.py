@@ -19,12 +19,14 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from rationanomaly.model.backends import Backend
 from rationanomaly.stream import health
 from rationanomaly.stream.broker_link import RETRIABLE_COMMIT, BrokerLink, BrokerRefused, is_refusal
-from rationanomaly.stream.checkpoint import CheckpointStore
+from rationanomaly.stream.checkpoint import CheckpointError
+from rationanomaly.stream.detector_state import DetectorState, KafkaState, LocalState
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import SourceRef
 from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
+from rationanomaly.stream.state_topics import StateTopicError
 from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, Undelivered, routes_for
 
 log = structlog.get_logger(__name__)
@@ -65,7 +67,7 @@ class Detector:
         self.metrics = DetectorMetrics()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._store = CheckpointStore(settings.checkpoint.dir, settings.kafka.group_id, settings.input.topic)
+        self._state: DetectorState | None = None  # checkpoints and shared caches (stream/detector_state.py)
         self._assigned: set[int] = set()
         self._at_eof: set[int] = set()
         self._committed: dict[int, int] = {}
@@ -136,6 +138,17 @@ class Detector:
             self._producer.begin_transaction()
         sink = KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic)
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
+        self._state = self._open_state(s.input.topic)
+
+    def _open_state(self, consumed_topic: str) -> DetectorState:
+        """Checkpoints for the partitions of `consumed_topic` (the topic windows form on), and the
+        shared template-verdict cache, read to its end before the first line."""
+        s = self._settings
+        if s.state.store == "local":
+            return LocalState(s, consumed_topic)
+        meta = self._consumer.list_topics(consumed_topic, timeout=30).topics.get(consumed_topic)
+        partitions = len(meta.partitions) if meta is not None and meta.error is None else 1
+        return KafkaState(s, self._kafka, self._producer, self._engine, consumed_topic, partitions)
 
     def _await_broker(self) -> None:
         """Wait for a broker to answer metadata; a clear message while waiting, then give up."""
@@ -172,9 +185,22 @@ class Detector:
             self._assigned.add(tp.partition)
             self._at_eof.discard(tp.partition)
             self._committed[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID else -1
-            checkpoint = self._store.load(tp.partition)
-            if checkpoint is not None and tp.offset != OFFSET_INVALID:
+            if tp.offset == OFFSET_INVALID:
+                continue  # nothing committed: the partition starts from its beginning, fresh
+            try:
+                checkpoint = self._state.restore(tp.partition)
+            except (CheckpointError, StateTopicError):
+                # Templates keep their ids (content hashes) without it; windows published before the
+                # commit may be published again, partial: say so loudly rather than stop the group.
+                log.exception("checkpoint_restore_failed", partition=tp.partition)
+                continue
+            if checkpoint is not None:
+                if checkpoint.offset != tp.offset:
+                    log.warning("checkpoint_offset_differs", partition=tp.partition, committed=tp.offset,
+                                checkpoint=checkpoint.offset)  # fmt: skip
                 self._engine.pipeline.restore(tp.partition, checkpoint)
+        if committed:
+            self._state.caught_up()  # the group's verdicts so far, before this partition's lines
         log.info("partitions_assigned", partitions=sorted(self._assigned), committed=self._committed)
 
     def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
@@ -207,7 +233,7 @@ class Detector:
     def run(self) -> int:
         try:
             self._make_clients()
-        except (BrokerRefused, BrokerUnreachable) as exc:
+        except (BrokerRefused, BrokerUnreachable, StateTopicError) as exc:
             log.error("detector_stopped", error=str(exc))
             if self._consumer is not None:
                 self._consumer.close()
@@ -255,6 +281,7 @@ class Detector:
                     # here would outlast max.poll.interval.ms and cost the group membership.
                     pipeline.finish()
                 pipeline.publish(int(now * 1000))
+                self._state.poll()
                 self._backpressure()
                 mono = time.monotonic()
                 if mono - last_commit >= s.checkpoint.interval_s:
@@ -278,6 +305,7 @@ class Detector:
             return 2
         finally:
             self._closed = True
+            self._state.close()
             engine.close()
             consumer.close()
         return 0
@@ -322,8 +350,13 @@ class Detector:
             offset = pipeline.committable(partition)
             if offset is None or offset <= self._committed.get(partition, -1):
                 continue
-            self._store.save(partition, pipeline.checkpoint(partition, offset))
+            self._state.save(partition, pipeline.checkpoint(partition, offset))
             offsets.append(TopicPartition(topic, partition, offset))
+        if offsets and not self._transactional and not self._state.flush(30.0 if final else 5.0):
+            if final:
+                raise DeliveryError("checkpoints not delivered to the changelog topic")
+            log.info("commit_deferred", reason="checkpoints not delivered", broker_reachable=self._link.reachable)
+            return
         if self._transactional:
             if offsets:
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
