@@ -101,8 +101,25 @@ class TemplateCache:
         self._ttl_s = unknown_ttl_s
         self._max = max_templates
         self._on_evict = on_evict
+        # Each answer the model gave here, as (template id, judgement): stream/detector_state.py
+        # shares it with the group through Kafka. Answers learnt from the group go by `remember`.
+        self.on_new: Callable[[tuple[str, Judgement]], None] | None = None
+        # Operator corrections (stream/feedback.py) by template id: they outrank any answer.
+        self._corrected: dict[str, Judgement] = {}
+
+    def correct(self, template_id: str, judgement: Judgement | None) -> None:
+        """An operator's judgement for a template, applied to the next window; None withdraws it."""
+        if judgement is None:
+            self._corrected.pop(template_id, None)
+        else:
+            self._corrected[template_id] = judgement
+
+    def corrected(self, template_id: str) -> Judgement | None:
+        return self._corrected.get(template_id)
 
     def get(self, template_id: str) -> Judgement | None:
+        if self._corrected and (correction := self._corrected.get(template_id)) is not None:
+            return correction
         found = self._by_id.get(template_id)
         if found is not None:
             try:
@@ -118,6 +135,12 @@ class TemplateCache:
         return None
 
     def put(self, template_id: str, judgement: Judgement) -> None:
+        self.remember(template_id, judgement)
+        if self.on_new is not None and judgement.label != "unknown":
+            self.on_new((template_id, judgement))
+
+    def remember(self, template_id: str, judgement: Judgement) -> None:
+        """`put`, for an answer another instance (or an earlier run) gave: not shared again."""
         if judgement.label == "unknown":
             self._unknown[template_id] = (time.monotonic(), judgement)
         else:
