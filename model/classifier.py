@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
-
 import structlog
 
 from rationanomaly.model.backends.base import Backend, BackendError, Conversation, Generation
+from rationanomaly.model.judgement import Judgement, JudgementLabel
 from rationanomaly.model.parser import VerdictParseError, parse_verdict
 from rationanomaly.model.prompt import PROMPT_VERSION, control_marks
 
@@ -17,21 +16,6 @@ log = structlog.get_logger(__name__)
 # Said in the rationale of a log that carried text addressed to a model (a separate flag, not a
 # verdict): what the judge read is the log without it.
 STEERING_NOTE = "Text addressed to the model (chat markup, output tags or instructions to the judge) was removed from the log before judging."
-
-JudgementLabel = Literal["normal", "abnormal", "unknown"]
-
-
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    label: JudgementLabel
-    rationale: str | None
-    reason: str | None  # why the label is "unknown"; None otherwise
-    latency_s: float  # summed over attempts
-    attempts: int
-    raw: str | None  # the last text the model produced, kept for audit and debugging
-    confidence: float | None = None  # the backend's confidence in `label`, when it gives one
-    unavailable: bool = False  # "unknown" because the model was away, not because of this input
-
 
 class Classifier:
     """Judge conversations with a backend, retrying only the items that failed."""

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from rationanomaly.model.classifier import Classifier, Judgement
+from rationanomaly.model.judgement import DecisionKind, RationaleSource
 from rationanomaly.model.prompt import log_text, template_messages, window_messages
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import JudgeMode, ModelDownPolicy, VerdictLabel, Window
@@ -42,6 +43,26 @@ class JudgedWindow:
     template_labels: dict[str, VerdictLabel]
     latency_ms: float
     confidence: float | None = None  # in `label`, when the backend gives one (rank decision)
+    decision: DecisionKind | None = None
+    rationale_source: RationaleSource | None = None  # None when there is no rationale
+    rationale_note: str | None = None  # why a part of the rationale is a draft where the model's was asked for
+    template_sources: dict[str, RationaleSource] = field(default_factory=dict)  # per abnormal template
+
+
+def window_source(sources: list[RationaleSource]) -> RationaleSource | None:
+    """Who wrote a window's rationale, from its parts' writers: a person's correction outweighs
+    the rest; otherwise `model` only when the model wrote every part, else `draft`.
+
+    >>> window_source(["model", "model"]), window_source(["model", "draft"]), window_source(["draft", "operator"])
+    ('model', 'draft', 'operator')
+    >>> window_source([]) is None
+    True
+    """
+    if not sources:
+        return None
+    if "operator" in sources:
+        return "operator"
+    return "model" if all(s == "model" for s in sources) else "draft"
 
 
 def window_confidence(label: VerdictLabel, judged: list[tuple[VerdictLabel, float | None]]) -> float | None:
@@ -83,7 +104,7 @@ def combine(labels: list[VerdictLabel]) -> VerdictLabel:
     return "normal"
 
 
-_CACHE_VERSION = 2  # 2: each entry is [label, rationale, confidence]
+_CACHE_VERSION = 3  # 3: each entry is [label, rationale, confidence, decision, rationale_source, rationale_note]
 
 
 class TemplateCache:
@@ -157,7 +178,8 @@ class TemplateCache:
 
     def save(self, path: Path, model_id: str, prompt_version: str) -> None:
         """Answers survive restarts: a restarted detector does not ask the model again."""
-        entries = {tid: [j.label, j.rationale, j.confidence] for tid, j in self._by_id.items()}
+        entries = {tid: [j.label, j.rationale, j.confidence, j.decision, j.rationale_source, j.rationale_note]
+                   for tid, j in self._by_id.items()}
         payload = {"version": _CACHE_VERSION, "model_id": model_id, "prompt_version": prompt_version, "templates": entries}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -174,14 +196,16 @@ class TemplateCache:
             log.warning("template_cache_unreadable", path=str(path))
             return 0
         if payload.get("version") != _CACHE_VERSION:
-            # Version 1 kept no confidence: its hits would publish verdicts without one.
+            # Older versions kept no confidence (1) or provenance (2): their hits would publish
+            # verdicts without them.
             log.info("template_cache_ignored", path=str(path), reason=f"format version {payload.get('version')!r}")
             return 0
         if (payload.get("model_id"), payload.get("prompt_version")) != (model_id, prompt_version):
             return 0  # another model, decision or prompt: its answers say nothing about this one's
-        for tid, (label, rationale, confidence) in payload["templates"].items():
+        for tid, (label, rationale, confidence, decision, source, note) in payload["templates"].items():
             if label in ("normal", "abnormal"):
-                self.put(tid, Judgement(label, rationale, None, 0.0, 0, None, confidence))
+                self.put(tid, Judgement(label, rationale, None, 0.0, 0, None, confidence,
+                                        decision=decision, rationale_source=source, rationale_note=note))
         return len(self._by_id)
 
 
@@ -255,6 +279,9 @@ class WindowJudge:
         labels: dict[str, VerdictLabel] = {}
         confidences: list[tuple[VerdictLabel, float | None]] = []
         rationale_parts: list[str] = []
+        sources: dict[str, RationaleSource] = {}
+        notes: list[str] = []
+        decisions: set[DecisionKind] = set()
         reasons: list[str] = []
         latency_s = 0.0
         for tid, text in window.templates.items():
@@ -265,11 +292,17 @@ class WindowJudge:
                 continue
             labels[tid] = judgement.label
             confidences.append((judgement.label, judgement.confidence))
+            if judgement.decision is not None:
+                decisions.add(judgement.decision)
             if tid in fresh:
                 latency_s = max(latency_s, judgement.latency_s)
             if judgement.label == "abnormal" and judgement.rationale:
                 # Quoted as the model saw it: inert and bounded (the text is an attacker's to write).
                 rationale_parts.append(f"Template {tid} «{log_text(text)}»: {judgement.rationale}")
+                if judgement.rationale_source is not None:
+                    sources[tid] = judgement.rationale_source
+                if judgement.rationale_note:
+                    notes.append(f"{tid}: {judgement.rationale_note}")
             elif judgement.label == "unknown":
                 reasons.append(f"{tid}: {judgement.reason}")
         label = combine(list(labels.values()))
@@ -281,6 +314,11 @@ class WindowJudge:
             template_labels=labels,
             latency_ms=latency_s * 1000.0,
             confidence=window_confidence(label, confidences),
+            # One kind per detector, except where an operator's correction replaced a template's.
+            decision="operator" if "operator" in decisions else next(iter(decisions), None),
+            rationale_source=window_source(list(sources.values())) if label == "abnormal" else None,
+            rationale_note="; ".join(notes) if label == "abnormal" and notes else None,
+            template_sources=sources if label == "abnormal" else {},
         )
 
     def _judge_sequences(self, windows: list[Window], hold_if_model_down: bool) -> list[JudgedWindow]:
@@ -309,6 +347,9 @@ class WindowJudge:
                     template_labels={},  # the window was judged as a whole, no template alone
                     latency_ms=judgement.latency_s * 1000.0,
                     confidence=judgement.confidence,
+                    decision=judgement.decision,
+                    rationale_source=judgement.rationale_source if judgement.label == "abnormal" else None,
+                    rationale_note=judgement.rationale_note if judgement.label == "abnormal" else None,
                 )
             )
         return judged

@@ -84,6 +84,10 @@ def _details(v: Verdict) -> dict[str, Any]:
         "confidence": v.confidence,
         "reason": v.reason,
         "rationale": v.rationale,
+        # Provenance: how the label was reached and who wrote the rationale (stream/SIEM.md).
+        "decision": v.decision,
+        "rationale_source": v.rationale_source,
+        "rationale_note": v.rationale_note,
         "ground_truth": v.ground_truth,
         "profile": v.profile,
         "model": v.model.model_dump(mode="json"),
@@ -96,6 +100,13 @@ def _details(v: Verdict) -> dict[str, Any]:
         },
         "templates": [t.model_dump(mode="json") for t in v.templates],
     }
+
+
+def _provenance_tags(v: Verdict) -> list[dict[str, str]]:
+    """The verdict's provenance as OCSF key:value tags, so a finding says beside its description
+    whether the model or a rule wrote it."""
+    pairs = (("decision", v.decision), ("rationale_source", v.rationale_source), ("rationale_note", v.rationale_note))
+    return [{"name": name, "value": value} for name, value in pairs if value]
 
 
 def to_ecs(v: Verdict) -> dict[str, Any]:
@@ -168,6 +179,12 @@ def to_ocsf(v: Verdict) -> dict[str, Any]:
         "data_sources": [v.profile],
         "types": ["Log anomaly"] + ([f"{v.fault_class} fault"] if v.fault_class else []),
     }
+    if v.decision is not None:
+        # OCSF's own slot for how an analytic reached its finding: generate, rank or operator.
+        finding_info["analytic"]["algorithm"] = v.decision
+    tags = _provenance_tags(v)
+    if tags:
+        finding_info["tags"] = tags
     explanation = _explanation(v)
     if explanation:
         finding_info["desc"] = explanation

@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from rationanomaly.model.judgement import DecisionKind, RationaleSource
 from rationanomaly.stream.records import ForcedBy, Label, VerdictLabel, Window, WindowKind
 from rationanomaly.stream.severity import FaultClassName, SeverityName, assess
 
@@ -128,6 +129,8 @@ class TemplateVerdict(_Model):
     text: str
     count: int = Field(ge=1)  # lines of the window with this template
     verdict: VerdictLabel | None = None  # per template in template mode; None when not judged alone
+    # Who wrote this template's part of the rationale (abnormal templates in template mode).
+    rationale_source: RationaleSource | None = None
 
 
 class ModelInfo(_Model):
@@ -144,6 +147,12 @@ class Verdict(_Model):
     window: VerdictWindow
     templates: tuple[TemplateVerdict, ...]  # in order of first appearance
     rationale: str | None = None  # the step-by-step analysis behind an "abnormal" verdict
+    # Provenance (stream/README.md, "Provenance"): how the label was reached, who wrote the
+    # rationale, and why it is not the model's own when the model's was asked for. None in
+    # verdicts written before they existed; rationale_source is None when there is no rationale.
+    decision: DecisionKind | None = None
+    rationale_source: RationaleSource | None = None
+    rationale_note: str | None = None
     model: ModelInfo
     confidence: float | None = Field(None, ge=0, le=1)  # only if a backend reports one
     # From the abnormal templates' text and the confidence (stream/severity.py); None in
@@ -172,6 +181,14 @@ class JudgedLike(Protocol):
     def template_labels(self) -> Mapping[str, VerdictLabel]: ...
     @property
     def latency_ms(self) -> float: ...
+    @property
+    def decision(self) -> DecisionKind | None: ...
+    @property
+    def rationale_source(self) -> RationaleSource | None: ...
+    @property
+    def rationale_note(self) -> str | None: ...
+    @property
+    def template_sources(self) -> Mapping[str, RationaleSource]: ...
 
 
 def build_verdict(
@@ -209,10 +226,14 @@ def build_verdict(
             forced=w.forced,
         ),
         templates=tuple(
-            TemplateVerdict(id=tid, text=text, count=counts[tid], verdict=labels.get(tid))
+            TemplateVerdict(id=tid, text=text, count=counts[tid], verdict=labels.get(tid),
+                            rationale_source=judged.template_sources.get(tid))
             for tid, text in w.templates.items()
         ),
         rationale=inert(judged.rationale),
+        decision=judged.decision,
+        rationale_source=judged.rationale_source if judged.rationale else None,
+        rationale_note=inert(judged.rationale_note),
         model=ModelInfo(id=model_id, prompt_version=prompt_version, latency_ms=max(0.0, judged.latency_ms)),
         confidence=confidence,
         fault_class=assessment.fault_class,

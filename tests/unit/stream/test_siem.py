@@ -12,8 +12,8 @@ from tests.unit.stream.judged import Judged
 
 
 
-def abnormal() -> Verdict:
-    session = Window(
+def session_window() -> Window:
+    return Window(
         kind=WindowKind.SESSION,
         key="blk_-42",
         start_ms=1_226_262_918_000,
@@ -25,8 +25,11 @@ def abnormal() -> Verdict:
         topic="hdfs-logs",
         ground_truth="abnormal",
     )
+
+
+def abnormal() -> Verdict:
     judged = Judged(
-        window=session,
+        window=session_window(),
         label="abnormal",
         rationale="Template tB: an exception while writing a block is a failure.",
         template_labels={"tA": "normal", "tB": "abnormal"},
@@ -152,3 +155,34 @@ def test_severity_follows_fault_class_confidence_and_evidence() -> None:
         v = judged(text, confidence)
         assert (v.fault_class, v.severity) == (fault, name), text
         assert to_ocsf(v)["severity_id"] == to_ecs(v)["event"]["severity"] == number, text
+
+
+@pytest.mark.parametrize(("decision", "source", "note"), [
+    ("rank", "draft", "tB: the explanation quotes 'disk', which the log does not hold"),
+    ("generate", "model", None),
+    ("operator", "operator", None),
+])
+def test_provenance_in_native_ecs_and_ocsf(decision, source, note) -> None:
+    """How the label was reached and who wrote the rationale, in each of the three shapes."""
+    judged = Judged(window=session_window(), label="abnormal", rationale="Template tB: a failure.",
+                    template_labels={"tB": "abnormal"}, decision=decision, rationale_source=source, rationale_note=note)
+    verdict = build_verdict(judged, profile="hdfs", model_id="m", prompt_version="p", created_ms=1)
+    native = orjson.loads(render(verdict, "native"))
+    assert (native["decision"], native["rationale_source"], native["rationale_note"]) == (decision, source, note)
+    ecs = to_ecs(verdict)["rationanomaly"]
+    assert (ecs["decision"], ecs["rationale_source"], ecs["rationale_note"]) == (decision, source, note)
+    ocsf = to_ocsf(verdict)
+    assert ocsf["unmapped"]["rationanomaly"]["rationale_source"] == source
+    assert ocsf["finding_info"]["analytic"]["algorithm"] == decision
+    tags = {t["name"]: t["value"] for t in ocsf["finding_info"]["tags"]}
+    assert tags == {"decision": decision, "rationale_source": source} | ({"rationale_note": note} if note else {})
+    assert from_json(render(verdict, "native")) == verdict
+
+
+def test_no_rationale_no_rationale_source() -> None:
+    """A normal verdict publishes no rationale, so it names no writer (the decision it keeps)."""
+    judged = Judged(window=host_window(), label="normal", decision="rank", rationale_source="draft")
+    verdict = build_verdict(judged, profile="thunderbird", model_id="m", prompt_version="p", created_ms=1)
+    assert (verdict.decision, verdict.rationale_source) == ("rank", None)
+    assert "tags" in to_ocsf(verdict)["finding_info"] and to_ocsf(verdict)["finding_info"]["tags"] == [
+        {"name": "decision", "value": "rank"}]

@@ -54,14 +54,16 @@ def verdicts() -> list[Verdict]:
     common = {"model_id": "smollm2-135m", "prompt_version": "p3", "created_ms": 1_700_000_000_000}
     return [
         build_verdict(
-            Judged(window=hardware, label="abnormal", rationale="Parity errors point at failing memory.", template_labels={"t1": "abnormal", "t2": "normal"}),
+            Judged(window=hardware, label="abnormal", rationale="Parity errors point at failing memory.", template_labels={"t1": "abnormal", "t2": "normal"},
+                   decision="rank", rationale_source="draft", rationale_note="t1: explanation quotes 'ECC' absent from the log"),
             profile="bgl", key_by="host", confidence=0.96, **common,
         ),
         build_verdict(
-            Judged(window=network, label="abnormal", rationale="A reset connection broke the transfer.", template_labels={"t3": "normal", "t4": "abnormal"}),
+            Judged(window=network, label="abnormal", rationale="A reset connection broke the transfer.", template_labels={"t3": "normal", "t4": "abnormal"},
+                   decision="generate", rationale_source="model"),
             profile="hdfs", **common,
         ),
-        build_verdict(Judged(window=quiet, label="normal", template_labels={"t5": "normal"}), profile="thunderbird", key_by="host", confidence=0.81, **common),
+        build_verdict(Judged(window=quiet, label="normal", template_labels={"t5": "normal"}, decision="operator"), profile="thunderbird", key_by="host", confidence=0.81, **common),
         build_verdict(Judged(window=quiet, label="unknown", reason="t5: timeout", template_labels={"t5": "unknown"}), profile="thunderbird", key_by="host", **common),
     ]
 
