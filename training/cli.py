@@ -378,5 +378,25 @@ def compare_command(
             f.write(table + "\n")
 
 
+@app.command("cv")
+def cv_command(
+    out: Path = typer.Option(Path("training/results/cv"), help="Folder for cv_folds.jsonl (resumed) and the summary."),
+    protocols: str = typer.Option("templates,adapter,hdfs", help="Comma list: templates, adapter, hdfs."),
+    folds: int = typer.Option(5),
+    seeds: str = typer.Option("0", help="Comma list of fold seeds (repeated CV)."),
+    budget_min: float = typer.Option(30.0, help="No fold starts after this many minutes; rerun to resume."),
+    adapter_items: Path = typer.Option(None, help="Eval items file with the adapter's rank scores on dev."),
+    ship_to: Path = typer.Option(None, help="Adapter folder to write retrieval.json and hdfs_sessions.json into."),
+) -> None:
+    """k-fold CV over train+dev, every choice made inside the folds (training/cv.py)."""
+    from rationanomaly.training.cv import cv_main
+
+    try:
+        paths = cv_main(out, _splits(protocols), folds, [int(s) for s in _splits(seeds)], budget_min, adapter_items, ship_to)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo("\n".join(str(p) for p in paths))
+
+
 if __name__ == "__main__":
     app()
