@@ -9,12 +9,14 @@ saved at that moment. Duplicates after a crash carry the same `verdict_id`. With
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from rationanomaly.model.backends import Backend
 from rationanomaly.stream import health
@@ -23,7 +25,9 @@ from rationanomaly.stream.checkpoint import CheckpointError
 from rationanomaly.stream.detector_state import DetectorState, KafkaState, LocalState
 from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.metrics import DetectorMetrics
-from rationanomaly.stream.records import SourceRef
+from rationanomaly.stream.records import DeadLetter, SourceRef
+from rationanomaly.stream import repartition
+from rationanomaly.stream.repartition import RepartitionError, Rekeyer, read_headers, source_header
 from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
 from rationanomaly.stream.state_topics import StateTopicError
@@ -68,9 +72,19 @@ class Detector:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._state: DetectorState | None = None  # checkpoints and shared caches (stream/detector_state.py)
+        # Partitions of the topic windows form on (`_window_topic`: the input topic, or
+        # `<group>-repartition` behind the hop) and, with the hop, of the input topic.
+        self._window_topic = settings.input.topic
         self._assigned: set[int] = set()
-        self._at_eof: set[int] = set()
         self._committed: dict[int, int] = {}
+        self._rekeyer: Rekeyer | None = None  # the repartition hop (stream/repartition.py), when on
+        self._hop_assigned: set[int] = set()
+        self._hop_next: dict[int, int] = {}  # input partition -> last forwarded offset + 1
+        self._hop_committed: dict[int, int] = {}
+        self._hop_failures: list[str] = []
+        self._delivered_high: dict[int, int] = {}  # repartition partition -> highest offset forwarded (stop_at_eof)
+        self._consumed_high: dict[int, int] = {}
+        self._at_eof: set[tuple[str, int]] = set()
         self._paused = False
         self._closed = False
         self._transactional = settings.output.exactly_once
@@ -118,6 +132,9 @@ class Detector:
             "isolation.level": "read_committed",
             "fetch.max.bytes": 8 * MAX_MESSAGE_BYTES,
         }
+        # Incremental rebalancing: a member keeps its partitions while others join or leave,
+        # and only the moved ones stop (stream/README.md, "Rebalancing"). kafka.extra may override.
+        consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
         producer_conf = {
             **self._kafka,
             "enable.idempotence": True,
@@ -126,8 +143,11 @@ class Detector:
             "compression.type": "zstd",
         }
         if self._transactional:
+            # One id per instance (KIP-447: the group metadata sent with the offsets fences a
+            # zombie member, so the id need not follow partitions); the host name keeps it stable
+            # across restarts, so a restarted instance aborts its own unfinished transaction at once.
             producer_conf["transactional.id"] = (
-                s.output.transactional_id or f"{s.kafka.group_id}-{s.input.topic}"
+                s.output.transactional_id or f"{s.kafka.group_id}-{s.input.topic}-{socket.gethostname()}"
             )
         consumer_conf["error_cb"] = producer_conf["error_cb"] = self._link.on_error
         self._consumer = Consumer(with_client_log(consumer_conf))
@@ -136,9 +156,24 @@ class Detector:
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
+        if repartition.hop_needed(s):
+            self._open_hop()
         sink = KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic)
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
-        self._state = self._open_state(s.input.topic)
+        self._state = self._open_state(self._window_topic)
+
+    def _open_hop(self) -> None:
+        """The repartition topic, created or checked, and the stage that re-keys into it."""
+        s = self._settings
+        meta = self._consumer.list_topics(s.input.topic, timeout=30).topics.get(s.input.topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            raise RepartitionError(f"the input topic {s.input.topic} does not exist (the repartition topic takes its partition count)")
+        partitions = s.input.repartition_partitions or len(meta.partitions)
+        name = repartition.topic_name(s.kafka.group_id)
+        repartition.ensure_topic(AdminClient(self._kafka), name, partitions, s.input.repartition_retention_ms)
+        self._window_topic = name
+        self._rekeyer = Rekeyer(s)
+        log.info("repartition_hop", input=s.input.topic, topic=name, partitions=partitions)
 
     def _open_state(self, consumed_topic: str) -> DetectorState:
         """Checkpoints for the partitions of `consumed_topic` (the topic windows form on), and the
@@ -181,9 +216,19 @@ class Detector:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = self._committed_offsets(consumer, partitions)
+        if self._paused and partitions:
+            # Assign now to pause them at once: a partition assigned while the input is held back
+            # for backpressure would otherwise be read (cooperative assignment keeps no pause state).
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
         for tp in committed:
+            self._at_eof.discard((tp.topic, tp.partition))
+            if tp.topic != self._window_topic:  # an input partition, forwarded through the hop
+                self._hop_assigned.add(tp.partition)
+                self._hop_committed[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID else -1
+                self._hop_next.pop(tp.partition, None)
+                continue
             self._assigned.add(tp.partition)
-            self._at_eof.discard(tp.partition)
             self._committed[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID else -1
             if tp.offset == OFFSET_INVALID:
                 continue  # nothing committed: the partition starts from its beginning, fresh
@@ -201,7 +246,8 @@ class Detector:
                 self._engine.pipeline.restore(tp.partition, checkpoint)
         if committed:
             self._state.caught_up()  # the group's verdicts so far, before this partition's lines
-        log.info("partitions_assigned", partitions=sorted(self._assigned), committed=self._committed)
+        log.info("partitions_assigned", added=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+                 partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))  # fmt: skip
 
     def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         # An assignment right after a broker restart meets a coordinator still loading its
@@ -223,17 +269,34 @@ class Detector:
                 self._commit(final=False)
         except (KafkaException, RuntimeError):
             log.exception("commit_on_revoke_failed")
+        self._release(partitions)
+        log.info("partitions_revoked", removed=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group took the partitions while this member was away (session timeout): a commit
+        would fail, and their next owner may already be reading them. Drop them, publish nothing."""
+        self._release(partitions)
+        log.warning("partitions_lost", removed=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        """Forget revoked or lost partitions: open windows and windows still with the model are
+        dropped (pipeline.drop), so nothing of them is published from here any more."""
         for tp in partitions:
+            self._at_eof.discard((tp.topic, tp.partition))
+            if tp.topic != self._window_topic:
+                self._hop_assigned.discard(tp.partition)
+                self._hop_next.pop(tp.partition, None)
+                self._hop_committed.pop(tp.partition, None)
+                continue
             self._assigned.discard(tp.partition)
-            self._at_eof.discard(tp.partition)
+            self._committed.pop(tp.partition, None)
             self._engine.pipeline.drop(tp.partition)
-        log.info("partitions_revoked", partitions=[tp.partition for tp in partitions])
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:
         try:
             self._make_clients()
-        except (BrokerRefused, BrokerUnreachable, StateTopicError) as exc:
+        except (BrokerRefused, BrokerUnreachable, StateTopicError, RepartitionError) as exc:
             log.error("detector_stopped", error=str(exc))
             if self._consumer is not None:
                 self._consumer.close()
@@ -241,7 +304,8 @@ class Detector:
         s = self._settings
         consumer, engine = self._consumer, self._engine
         pipeline = engine.pipeline
-        consumer.subscribe([s.input.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        topics = [s.input.topic] if self._rekeyer is None else [s.input.topic, self._window_topic]
+        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         started = time.monotonic()
         last_commit = started
         log.info("detector_started", topic=s.input.topic, group=s.kafka.group_id, model=engine.identity.model_id)
@@ -257,12 +321,12 @@ class Detector:
                         self.first_record_s = time.monotonic()
                 lines_before = pipeline.lines
                 # the hot loop: locals, and no per-message work that a batch can do once
-                feed, at_eof, topic = pipeline.feed, self._at_eof, s.input.topic
+                feed, at_eof, topic, hop = pipeline.feed, self._at_eof, self._window_topic, self._rekeyer
                 for msg in messages:
                     err = msg.error()
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
-                            at_eof.add(msg.partition())
+                            at_eof.add((msg.topic(), msg.partition()))
                         elif err.fatal():
                             raise KafkaException(err)
                         else:
@@ -270,9 +334,21 @@ class Detector:
                         continue
                     partition = msg.partition()
                     if at_eof:
-                        at_eof.discard(partition)
+                        at_eof.discard((msg.topic(), partition))
                     ts = msg.timestamp()[1]
-                    feed(msg.value(), msg.key(), SourceRef(topic, partition, msg.offset()), ts if ts > 0 else None, now)
+                    if hop is None:
+                        feed(msg.value(), msg.key(), SourceRef(topic, partition, msg.offset()), ts if ts > 0 else None, now)
+                    elif msg.topic() != topic:
+                        self._forward(msg, ts if ts > 0 else None)
+                    else:
+                        offset = msg.offset()
+                        self._consumed_high[partition] = offset
+                        key, upstream = read_headers(msg.headers())
+                        window_key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
+                        feed(msg.value(), key, SourceRef(topic, partition, offset), ts if ts > 0 else None, now,
+                             only_key=window_key, upstream=upstream)  # fmt: skip
+                if hop is not None:
+                    self._producer.poll(0)  # delivery reports of forwarded lines
                 if pipeline.lines != lines_before:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
                 pipeline.advance(now, idle=not self._paused)
@@ -310,8 +386,47 @@ class Detector:
             consumer.close()
         return 0
 
+    def _forward(self, msg, timestamp_ms: int | None) -> None:
+        """The hop: one input line to the repartition topic, once per window key it names."""
+        partition, offset, value, key = msg.partition(), msg.offset(), msg.value(), msg.key()
+        keys = self._rekeyer.keys(value, key, SourceRef(self._settings.input.topic, partition, offset), timestamp_ms)
+        if isinstance(keys, DeadLetter):
+            self._engine.pipeline.dead(keys)
+        elif keys:
+            headers = [(repartition.HEADER_SOURCE, source_header(partition, offset))]
+            if key is not None:
+                headers.append((repartition.HEADER_KEY, key))
+            produce, topic = self._producer.produce, self._window_topic
+            for window_key in keys:
+                while True:
+                    try:
+                        produce(topic, value=value, key=window_key.encode(), headers=headers,
+                                timestamp=timestamp_ms or 0, on_delivery=self._forwarded)  # fmt: skip
+                        break
+                    except BufferError:
+                        self._producer.poll(0.1)
+        self._hop_next[partition] = offset + 1
+
+    def _forwarded(self, err, msg) -> None:  # librdkafka calls this from poll()/flush()
+        if err is not None:
+            self._hop_failures.append(f"{msg.topic()}: {err}")
+        elif msg.offset() > self._delivered_high.get(msg.partition(), -1):
+            self._delivered_high[msg.partition()] = msg.offset()
+
     def _eof_reached(self) -> bool:
-        return self._limits.stop_at_eof and bool(self._assigned) and self._at_eof >= self._assigned
+        if not self._limits.stop_at_eof or not self._assigned:
+            return False
+        at_eof, topic = self._at_eof, self._window_topic
+        if not all((topic, p) in at_eof for p in self._assigned):
+            return False
+        if self._rekeyer is None:
+            return True
+        # Behind the hop the input must be at its end too, every forwarded line delivered, and
+        # read back: the repartition partitions' end is only the end once nothing is on its way.
+        if not all((self._settings.input.topic, p) in at_eof for p in self._hop_assigned) or len(self._producer):
+            return False
+        consumed = self._consumed_high
+        return all(consumed.get(p, -1) >= high for p, high in self._delivered_high.items() if p in self._assigned)
 
     def _backpressure(self) -> None:
         worker = self._engine.worker
@@ -344,8 +459,18 @@ class Detector:
                     raise
                 log.info("commit_deferred", reason=str(exc), broker_reachable=self._link.reachable)
                 return
+        if self._hop_failures:
+            failures, self._hop_failures = self._hop_failures, []
+            raise DeliveryError("forwarding to the repartition topic failed: " + "; ".join(failures[:5]))
         offsets = []
-        topic = self._settings.input.topic
+        topic = self._window_topic
+        # Input offsets behind the hop: every line below them was forwarded, and (flushed above,
+        # or in this transaction) is on the repartition topic for good.
+        hop_offsets = [
+            TopicPartition(self._settings.input.topic, p, nxt)
+            for p in sorted(self._hop_assigned)
+            if (nxt := self._hop_next.get(p)) is not None and nxt > self._hop_committed.get(p, -1)
+        ]
         for partition in sorted(self._assigned):
             offset = pipeline.committable(partition)
             if offset is None or offset <= self._committed.get(partition, -1):
@@ -357,6 +482,7 @@ class Detector:
                 raise DeliveryError("checkpoints not delivered to the changelog topic")
             log.info("commit_deferred", reason="checkpoints not delivered", broker_reachable=self._link.reachable)
             return
+        window_offsets, offsets = offsets, offsets + hop_offsets
         if self._transactional:
             if offsets:
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
@@ -378,15 +504,17 @@ class Detector:
                 return
         if offsets:
             self._link.heard_from_broker()
-        for tp in offsets:
+        for tp in window_offsets:
             self._committed[tp.partition] = tp.offset
-        if offsets:
+        for tp in hop_offsets:
+            self._hop_committed[tp.partition] = tp.offset
+        if window_offsets:
             self._engine.save_cache()
         if offsets:
-            log.debug("offsets_committed", offsets={tp.partition: tp.offset for tp in offsets})
+            log.debug("offsets_committed", offsets={f"{tp.topic}[{tp.partition}]": tp.offset for tp in offsets})
 
     def _report_lag(self) -> None:
-        topic = self._settings.input.topic
+        topic = self._window_topic
         for partition in self._assigned:
             tp = TopicPartition(topic, partition)
             try:

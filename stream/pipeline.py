@@ -23,6 +23,7 @@ from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.multiline import Event, LineJoiner
 from rationanomaly.stream.parsing import TemplateParser
 from rationanomaly.stream.records import DeadLetter, LogRecord, ParsedLog, SourceRef, Window
+from rationanomaly.stream.repartition import UpstreamMarks
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.siem import selected
 from rationanomaly.stream.sinks import VerdictSink
@@ -47,6 +48,8 @@ class PartitionState:
     replay_until: int = -1  # the largest offset in `produced` from the restored checkpoint
     joiner: LineJoiner | None = None  # the profile's multi-line events: the one still open
     prune_at: int = 1024  # size of `produced` that triggers pruning it (replay never checkpoints)
+    # After the repartition hop: the input lines this partition already took (repartition.py)
+    upstream: UpstreamMarks = field(default_factory=UpstreamMarks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class Pipeline:
         self.windows = 0
         self.verdicts = 0
         self.dead_letters = 0
+        self.repeats = 0  # repartition records dropped as copies of lines already taken
 
     # -- partitions -------------------------------------------------------------------------
     def state(self, partition: int) -> PartitionState:
@@ -103,6 +107,7 @@ class Pipeline:
             produced=dict(checkpoint.produced),
             replay_until=max(checkpoint.produced.values(), default=-1),
             joiner=self._joiner(),
+            upstream=UpstreamMarks.restore(getattr(checkpoint, "upstream", None)),
         )
         self._states[partition] = state
         log.info("partition_restored", partition=partition, offset=checkpoint.offset, templates=state.parser.size)
@@ -123,19 +128,43 @@ class Pipeline:
         # Only windows whose lines may be read again (at or after the committed offset) matter.
         produced = {k: last for k, last in state.produced.items() if last >= offset}
         state.produced = produced
-        return Checkpoint(offset=offset, watermark_ms=state.watermark_ms, parser=state.parser.snapshot(), produced=produced)
+        checkpoint = Checkpoint(offset=offset, watermark_ms=state.watermark_ms, parser=state.parser.snapshot(), produced=produced)
+        marks = state.upstream.below(offset)
+        if marks and "upstream" in Checkpoint.__dataclass_fields__:  # the field lands with issue 19's state work
+            checkpoint.upstream = marks
+        return checkpoint
 
     def drop(self, partition: int) -> None:
-        """A revoked partition: its open windows are abandoned; the next owner re-reads them."""
+        """A revoked partition: its open windows are abandoned, and so are its windows still with
+        the model (their verdicts are never published here): the next owner re-reads them all
+        from the committed offset, and this member publishes nothing of the partition any more."""
         self._states.pop(partition, None)
+        for window_id, (owner, _) in list(self._held.items()):
+            if owner == partition:
+                del self._held[window_id]
+                self.ledger.release(window_id)
         self.ledger.forget(partition)
 
     # -- the hot path -------------------------------------------------------------------------
-    def feed(self, value: bytes | None, key: bytes | None, source: SourceRef, timestamp_ms: int | None, now_s: float) -> None:
-        self.lines += 1
+    def feed(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        source: SourceRef,
+        timestamp_ms: int | None,
+        now_s: float,
+        only_key: str | None = None,
+        upstream: tuple[int, int] | None = None,
+    ) -> None:
+        """One record. After the repartition hop, `only_key` is the window key it was routed by
+        and `upstream` its input (partition, offset), so a repeat of a line is skipped."""
         state = self.state(source.partition)
         state.last_activity_s = now_s
         self.ledger.seen(source.partition, source.offset)
+        if upstream is not None and not state.upstream.take(source.offset, upstream, only_key or ""):
+            self.repeats += 1
+            return
+        self.lines += 1
         record = self._decoder.decode(value, key, source, timestamp_ms)
         if isinstance(record, DeadLetter):
             self._dead(record)
@@ -145,13 +174,13 @@ class Pipeline:
             if event is not None:
                 self._process(state, event.head, event)
             return
-        self._process(state, record, None)
+        self._process(state, record, None, only_key)
 
     def _joiner(self) -> LineJoiner | None:
         rule = self._profile.multiline
         return None if rule is None else LineJoiner(rule)
 
-    def _process(self, state: PartitionState, record: LogRecord, event: Event | None) -> None:
+    def _process(self, state: PartitionState, record: LogRecord, event: Event | None, only_key: str | None = None) -> None:
         """One event (a line, or a head line with its continuation lines) into its windows."""
         source = record.source
         header = self._headers.split(record)
@@ -192,11 +221,15 @@ class Pipeline:
             state.watermark_ms = parsed.event_time_ms
         if source.offset <= state.replay_until:
             skip = {k for k, last in state.produced.items() if last >= source.offset}
-            closed = state.windower.add(parsed, skip_keys=skip)
+            closed = state.windower.add(parsed, skip_keys=skip, only_key=only_key)
         else:
-            closed = state.windower.add(parsed)
+            closed = state.windower.add(parsed, only_key=only_key)
         if closed:
             self._submit(source.partition, closed)
+
+    def dead(self, letter: DeadLetter) -> None:
+        """A record the repartition hop could not use (it never reaches `feed`)."""
+        self._dead(letter)
 
     def _dead(self, letter: DeadLetter) -> None:
         self.dead_letters += 1
@@ -277,6 +310,9 @@ class Pipeline:
         return len(done)
 
     def _emit(self, judged: JudgedWindow, created_ms: int) -> None:
+        held = self._held.pop(id(judged.window), None)
+        if held is None:
+            return  # its partition was revoked meanwhile: the next owner publishes it
         verdict: Verdict = build_verdict(
             judged,
             profile=self._profile.name,
@@ -293,7 +329,7 @@ class Pipeline:
         if not selected(verdict.verdict, out.publish, out.publish_unknown):
             self._metrics.withheld.labels(verdict.verdict).inc()
         self._track_model_health(judged)
-        partition, window = self._held.pop(id(judged.window))
+        partition, window = held
         self.ledger.release(id(judged.window))
         state = self._states.get(partition)
         if state is not None:

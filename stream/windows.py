@@ -171,9 +171,11 @@ class Windower:
         return self._held
 
     # -- lines in ------------------------------------------------------------------------------
-    def add(self, log: ParsedLog, skip_keys: Container[str] = _NO_SKIP) -> list[Window]:
+    def add(self, log: ParsedLog, skip_keys: Container[str] = _NO_SKIP, only_key: str | None = None) -> list[Window]:
         """Adds a line; returns the windows it closed. Keys in `skip_keys` do not get this line
-        (the pipeline uses it not to rebuild windows already published before a restart)."""
+        (the pipeline uses it not to rebuild windows already published before a restart).
+        `only_key`: a session line that names several keys joins only this one's window (after
+        the repartition hop, the line comes once per key it names, each to that key's partition)."""
         stats = self.stats
         stats.lines += 1
         t = log.event_time_ms
@@ -185,6 +187,8 @@ class Windower:
         kind = self._kind
         if kind is WindowKind.SESSION:
             keys = self._findall(log.content)
+            if only_key is not None:
+                keys = [only_key] if only_key in keys else []
             if not keys:
                 stats.unkeyed += 1
                 return closed

@@ -1,0 +1,109 @@
+"""The repartition hop's parts without a broker: when it is needed, the keys a line goes to, the
+windower taking a routed line for its one key, and the marks that drop a re-forwarded line."""
+
+from __future__ import annotations
+
+import pytest
+
+from rationanomaly.stream.records import DeadLetter, ParsedLog, SourceRef, Template, WindowKind
+from rationanomaly.stream.repartition import (
+    RepartitionError,
+    Rekeyer,
+    UpstreamMarks,
+    hop_needed,
+    read_headers,
+    source_header,
+    topic_configs,
+    topic_name,
+)
+from rationanomaly.stream.settings import load_settings
+from rationanomaly.stream.windows import Windower, WindowSettings
+
+TWO_BLOCKS = b"081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.delete: blk_1 blk_-2 blk_1 is added to invalidSet"
+SRC = SourceRef("logs", 2, 40)
+
+
+def test_the_hop_is_on_for_sessions_and_keyed_windows_and_off_when_producers_key_by_window() -> None:
+    assert hop_needed(load_settings(None, profile={"name": "hdfs"}))
+    assert hop_needed(load_settings(None, profile={"name": "bgl"}, windows={"kind": "count", "key_by": "host"}))
+    assert not hop_needed(load_settings(None, profile={"name": "hdfs"}, input={"keyed_by_window": True}))
+    # count windows of a partition's whole stream are per partition by design
+    assert not hop_needed(load_settings(None, profile={"name": "bgl"}, windows={"kind": "count"}))
+
+
+def test_multi_line_events_with_the_hop_are_refused_with_the_way_out() -> None:
+    with pytest.raises(RepartitionError, match="keyed_by_window"):
+        hop_needed(load_settings(None, profile={"name": "hadoop"}))  # multi-line events on in this profile
+
+
+def test_a_line_naming_several_blocks_goes_to_each_once() -> None:
+    keys = Rekeyer(load_settings(None, profile={"name": "hdfs"})).keys(TWO_BLOCKS, b"dfs.FSNamesystem", SRC, None)
+    assert keys == ["blk_1", "blk_-2"]
+
+
+def test_count_windows_keyed_by_component_go_by_component() -> None:
+    settings = load_settings(None, profile={"name": "hdfs"}, windows={"kind": "count", "key_by": "component"})
+    assert Rekeyer(settings).keys(TWO_BLOCKS, None, SRC, None) == ["dfs.FSNamesystem"]
+
+
+def test_a_record_the_hop_cannot_read_is_a_dead_letter_with_its_input_position() -> None:
+    rekeyer = Rekeyer(load_settings(None, profile={"name": "hdfs"}))
+    letter = rekeyer.keys(b"\xff\xfe not utf-8", None, SRC, None)
+    assert isinstance(letter, DeadLetter) and letter.source == SRC and letter.stage == "decode"
+    unsplit = rekeyer.keys(b"no header here", None, SRC, None)
+    assert isinstance(unsplit, DeadLetter) and unsplit.stage == "profile"
+
+
+def test_headers_carry_the_input_key_and_position() -> None:
+    headers = [("rationanomaly.source", source_header(5, 1234)), ("rationanomaly.key", b"host-a")]
+    assert read_headers(headers) == (b"host-a", (5, 1234))
+    assert read_headers(None) == (None, None)
+
+
+def test_the_topic_is_named_after_the_group_and_never_compacted() -> None:
+    assert topic_name("detectors") == "detectors-repartition"
+    configs = topic_configs(3_600_000)
+    assert configs["cleanup.policy"] == "delete" and configs["retention.ms"] == "3600000"
+    assert configs["message.timestamp.type"] == "CreateTime"
+
+
+def test_a_routed_line_joins_only_the_window_of_its_key() -> None:
+    w = Windower(WindowSettings(kind=WindowKind.SESSION, key_pattern=r"blk_-?\d+"))
+    line = ParsedLog(source=SourceRef("g-repartition", 0, 7), event_time_ms=1000, content=TWO_BLOCKS.decode(),
+                     template=Template("t", "x"))  # fmt: skip
+    w.add(line, only_key="blk_-2")
+    (window,) = w.flush()
+    assert window.key == "blk_-2" and window.lines == 1
+    # a key the line does not name: the line joins nothing (never a window of another key)
+    w.add(line, only_key="blk_9")
+    assert w.flush() == [] and w.stats.unkeyed == 1
+
+
+def test_marks_drop_the_copies_a_re_read_input_partition_forwards_again() -> None:
+    marks = UpstreamMarks()
+    taken = [marks.take(own, (0, up), "blk_1") for own, up in enumerate([10, 11, 12])]
+    # input partition 0 is re-read from offset 11 by its next owner: 11 and 12 come again
+    again = [marks.take(own, (0, up), "blk_1") for own, up in zip([3, 4, 5], [11, 12, 13])]
+    assert taken == [True, True, True] and again == [False, False, True] and marks.repeats == 2
+    # another input partition has its own order
+    assert marks.take(6, (1, 5), "blk_1")
+
+
+def test_one_line_naming_two_keys_on_one_partition_counts_for_both_but_once_each() -> None:
+    marks = UpstreamMarks()
+    assert marks.take(0, (3, 100), "blk_1") and marks.take(1, (3, 100), "blk_2")
+    assert not marks.take(2, (3, 100), "blk_1") and not marks.take(3, (3, 100), "blk_2")
+
+
+def test_marks_kept_below_the_commit_restore_what_a_restart_does_not_re_read() -> None:
+    marks = UpstreamMarks()
+    for own, up in enumerate([10, 11, 12, 13]):
+        marks.take(own, (0, up), "k")
+    # the repartition partition commits at own offset 2: records 2 and 3 will be read again
+    saved = marks.below(2)
+    assert saved == {"0": [11, ["k"]]}
+    restored = UpstreamMarks.restore(saved)
+    # re-read from the commit: the originals at input offsets 12 and 13 are taken again ...
+    assert restored.take(2, (0, 12), "k") and restored.take(3, (0, 13), "k")
+    # ... and copies forwarded after a crash of the input's owner are dropped, below or above the commit
+    assert not restored.take(4, (0, 11), "k") and not restored.take(5, (0, 13), "k")
