@@ -9,7 +9,8 @@ pickle), written atomically next to the committed offset it belongs to:
 - `parser`: the template miner's snapshot, so templates keep their ids after a restart;
 - `produced`: for windows already published whose lines lie at or after `offset`, the key and
   the last offset they covered. Re-read lines are not added to those keys again, so a restart
-  never publishes a partial copy of a window that was already judged.
+  never publishes a partial copy of a window that was already judged;
+- `upstream`: with the repartition hop, the input offsets already forwarded (stream/repartition.py).
 
 Where checkpoints live: `CheckpointLog` writes them to the compacted changelog topic
 `<group>-checkpoints` (stream/state_topics.py), in the changelog partition with the consumed
@@ -48,6 +49,8 @@ class Checkpoint:
     watermark_ms: int
     parser: bytes
     produced: dict[str, int] = field(default_factory=dict)
+    # The repartition hop's dedup marks (stream/repartition.py, UpstreamMarks.below()).
+    upstream: dict[str, list] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -57,6 +60,7 @@ class Checkpoint:
                 "watermark_ms": self.watermark_ms,
                 "parser_b64": base64.b64encode(self.parser).decode(),
                 "produced": self.produced,
+                "upstream": self.upstream,
             }
         )
 
@@ -70,6 +74,7 @@ class Checkpoint:
             watermark_ms=int(raw["watermark_ms"]),
             parser=base64.b64decode(raw["parser_b64"]),
             produced={str(k): int(v) for k, v in raw["produced"].items()},
+            upstream=raw.get("upstream") or {},
         )
 
 

@@ -112,10 +112,8 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
     errors: list[str] = []
     if existing:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in existing]
-        described = admin.describe_configs(resources, request_timeout=timeout_s)
         for spec, resource in zip(existing, resources, strict=True):
-            entries = described[resource].result(timeout_s)
-            configs = {name: entry.value for name, entry in entries.items()}
+            configs = _describe(admin, resource, timeout_s)
             meta = metadata.get(spec.name)
             partitions = len(meta.partitions) if meta is not None else 0
             problems = spec.problems(partitions, configs)
@@ -130,6 +128,20 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
             "or name other topics in the `state` settings section"
         )
     return created
+
+
+def _describe(admin: AdminClient, resource: ConfigResource, timeout_s: float) -> dict[str, str]:
+    # A topic made a moment ago (by another instance, or just now) may not be known yet to the
+    # broker answering: that is a wait, not an error.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout_s)
+            return {name: entry.value for name, entry in entries.items()}
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise StateTopicError(f"cannot read the configs of state topic {resource.name}: {exc.args[0].str()}") from exc
+            time.sleep(0.5)
 
 
 def reader_config(kafka: dict[str, str], group_id: str) -> dict[str, object]:
@@ -213,6 +225,8 @@ class CompactedTable:
         self._topic = topic
         self._on_record = on_record
         self._started = False
+        self._partitions: list[int] = []
+        self._eof_at: dict[int, int] = {}  # partition -> its end when last reached; absent: not at its end
         self.records = 0
 
     def _start(self, timeout_s: float) -> list[int]:
@@ -220,27 +234,38 @@ class CompactedTable:
         if meta is None or meta.error is not None:
             raise StateTopicError(f"state topic {self._topic} is missing")
         partitions = sorted(meta.partitions)
+        self._partitions = partitions
         self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
         self._started = True
         return partitions
 
     def catch_up(self, timeout_s: float) -> int:
-        """Read to the current end; returns how many records were applied."""
+        """Read to the current end; returns how many records were applied.
+
+        The first call raises StateTopicError when the end is not reached within `timeout_s`.
+        Later calls (on assignment) read what arrived since and give up after a few seconds with
+        a warning: the table keeps following the topic in `poll` anyway, and a transaction marker
+        at the end (exactly-once mode) can move the end without a new end-of-partition event.
+        """
+        before = self.records
         if not self._started:
             pending = set(self._start(timeout_s))
+            limit_s, strict = timeout_s, True
         else:
-            pending = {tp.partition for tp in self._consumer.assignment()}
-            # Already at the end of a partition: no new end-of-partition event comes for it.
-            positions = self._consumer.position([TopicPartition(self._topic, p) for p in pending])
-            for tp in positions:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
-                if tp.offset >= high:
-                    pending.discard(tp.partition)
-        before = self.records
-        deadline = time.monotonic() + timeout_s
+            pending = set()
+            for p in self._partitions:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=timeout_s)
+                end = self._eof_at.get(p)
+                if end is None or end < high:
+                    pending.add(p)
+            limit_s, strict = min(timeout_s, 5.0), False
+        deadline = time.monotonic() + limit_s
         while pending:
             if time.monotonic() > deadline:
-                raise StateTopicError(f"{self._topic} not read to its end within {timeout_s:g}s")
+                if strict:
+                    raise StateTopicError(f"{self._topic} not read to its end within {timeout_s:g}s")
+                log.warning("state_catch_up_incomplete", topic=self._topic, partitions=sorted(pending))
+                break
             pending -= self._take(self._consumer.consume(1000, 0.5))
         return self.records - before
 
@@ -257,12 +282,14 @@ class CompactedTable:
         for msg in messages:
             err = msg.error()
             if err is None:
+                self._eof_at.pop(msg.partition(), None)
                 key = msg.key()
                 if key is not None:
                     self.records += 1
                     self._on_record(key, msg.value())
             elif err.code() == KafkaError._PARTITION_EOF:
                 at_end.add(msg.partition())
+                self._eof_at[msg.partition()] = msg.offset()
             elif err.fatal():
                 raise StateTopicError(f"reading {self._topic}: {err.str()}")
         return at_end
