@@ -168,6 +168,10 @@ class Detector:
         meta = self._consumer.list_topics(s.input.topic, timeout=30).topics.get(s.input.topic)
         if meta is None or meta.error is not None or not meta.partitions:
             raise RepartitionError(f"the input topic {s.input.topic} does not exist (the repartition topic takes its partition count)")
+        if len(meta.partitions) == 1 and s.input.repartition_partitions is None:
+            # One input partition holds every window whole already: the hop would only copy it.
+            log.info("repartition_hop_skipped", input=s.input.topic, reason="the input topic has one partition")
+            return
         partitions = s.input.repartition_partitions or len(meta.partitions)
         name = repartition.topic_name(s.kafka.group_id)
         repartition.ensure_topic(AdminClient(self._kafka), name, partitions, s.input.repartition_retention_ms)
