@@ -25,7 +25,8 @@ from rationanomaly.model.classifier import Judgement
 from rationanomaly.stream.checkpoint import Checkpoint, CheckpointLog, CheckpointStore
 from rationanomaly.stream.engine import Engine
 from rationanomaly.stream.settings import DetectorSettings
-from rationanomaly.stream.state_topics import CompactedTable, ensure_topics, reader_config, state_topic
+from rationanomaly.stream.feedback import FeedbackLoop, VerdictMemory, apply_correction
+from rationanomaly.stream.state_topics import CompactedTable, ensure_plain_topic, ensure_topics, reader_config, state_topic
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +111,12 @@ class KafkaState:
                         state.replication_factor),  # fmt: skip
             state_topic(self.cache_topic, 1, "template-verdict cache", state.replication_factor),
         ]
-        self.created = ensure_topics(AdminClient(kafka), specs, timeout_s=self._timeout_s)
+        feedback = settings.feedback
+        self.corrections_topic = state.topic("corrections", group) if feedback.enabled else None
+        if self.corrections_topic is not None:
+            specs.append(state_topic(self.corrections_topic, 1, "operator corrections", state.replication_factor))
+        admin = AdminClient(kafka)
+        self.created = ensure_topics(admin, specs, timeout_s=self._timeout_s)
         self.checkpoints = CheckpointLog(producer, Consumer(reader_config(kafka, f"{group}-state-restore")),
                                          self.checkpoint_topic, consumed_topic, self._timeout_s)  # fmt: skip
         identity = engine.identity
@@ -125,6 +131,20 @@ class KafkaState:
         read = self._cache_table.catch_up(self._timeout_s)
         log.info("template_cache_restored", topic=self.cache_topic, records=read, templates=len(cache),
                  model=identity.model_id, prompt_version=identity.prompt_version)  # fmt: skip
+        self._corrections: CompactedTable | None = None
+        self.feedback: FeedbackLoop | None = None
+        if self.corrections_topic is not None:
+            self._corrections = CompactedTable(Consumer(reader_config(kafka, f"{group}-state-corrections")),
+                                               self.corrections_topic, lambda k, v: apply_correction(cache, k, v))  # fmt: skip
+            read = self._corrections.catch_up(self._timeout_s)
+            log.info("corrections_restored", topic=self.corrections_topic, records=read)
+            feedback_topic = feedback.topic_for(group)
+            ensure_plain_topic(admin, feedback_topic, state.replication_factor, self._timeout_s)
+            feedback_conf = {**kafka, "group.id": f"{group}-feedback", "enable.auto.commit": False,
+                             "auto.offset.reset": "earliest"}  # fmt: skip
+            memory = engine.sink if isinstance(engine.sink, VerdictMemory) else None
+            self.feedback = FeedbackLoop(Consumer(feedback_conf), producer, feedback_topic, self.corrections_topic,
+                                         engine.sink, memory)  # fmt: skip
 
     def _cache_record(self, key: bytes, value: bytes | None) -> None:
         try:
@@ -152,9 +172,15 @@ class KafkaState:
     def poll(self) -> None:
         self._write_outbox()
         self._cache_table.poll()
+        if self.feedback is not None:
+            self.feedback.poll()
+        if self._corrections is not None:
+            self._corrections.poll()
 
     def caught_up(self) -> None:
         self._cache_table.catch_up(self._timeout_s)
+        if self._corrections is not None:
+            self._corrections.catch_up(self._timeout_s)
 
     def _write_outbox(self) -> None:
         model_id, prompt_version = self._identity
@@ -175,3 +201,7 @@ class KafkaState:
         self._write_outbox()
         self.checkpoints.close()
         self._cache_table.close()
+        if self._corrections is not None:
+            self._corrections.close()
+        if self.feedback is not None:
+            self.feedback.close()

@@ -130,6 +130,20 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
     return created
 
 
+def ensure_plain_topic(admin: AdminClient, name: str, replication_factor: int, timeout_s: float) -> None:
+    """Create an input topic of the detector's own (the feedback topic) with the broker's defaults."""
+    if name in admin.list_topics(timeout=timeout_s).topics:
+        return
+    future = admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=replication_factor)],
+                                 operation_timeout=timeout_s)[name]  # fmt: skip
+    try:
+        future.result(timeout_s)
+        log.info("topic_created", topic=name)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise StateTopicError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+
+
 def _describe(admin: AdminClient, resource: ConfigResource, timeout_s: float) -> dict[str, str]:
     # A topic made a moment ago (by another instance, or just now) may not be known yet to the
     # broker answering: that is a wait, not an error.
