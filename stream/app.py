@@ -24,6 +24,7 @@ from rationanomaly.stream.broker_link import RETRIABLE_COMMIT, BrokerLink, Broke
 from rationanomaly.stream.checkpoint import CheckpointError
 from rationanomaly.stream.detector_state import DetectorState, KafkaState, LocalState
 from rationanomaly.stream.engine import Engine, build_engine
+from rationanomaly.stream.feedback import VerdictMemory
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import DeadLetter, SourceRef
 from rationanomaly.stream import repartition
@@ -158,7 +159,8 @@ class Detector:
             self._producer.begin_transaction()
         if repartition.hop_needed(s):
             self._open_hop()
-        sink = KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic)
+        # VerdictMemory: a correction naming a verdict_id resolves to that verdict's templates
+        sink = VerdictMemory(KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic))
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
         self._state = self._open_state(self._window_topic)
 
