@@ -15,8 +15,11 @@ the tags around it look like. So the guard takes such text out, and the model ju
   administrator…", "note to the classifier:"), and everything after them on the line;
 - long runs of a repeated phrase (a flood of benign words).
 
-What was removed is replaced by `MARK` (so a verdict can say text was removed: `Guarded.removed`,
-`model.prompt.control_marks`) and reported; the rest is left exactly as it was. On the 2,145
+What was removed is reported (`Guarded.removed`, `Guarded.steering`); the rest is left exactly as
+it was. The prompt gets the rest alone: any stand-in for the removed text moves a small model's
+scores too (a `‹…›` in its place flipped 3 of 80 templates, bench/injection.py), so the model
+reads the log as if the payload had never been written. Where the log is quoted for people (a
+published rationale) `MARK` stands in its place, so the removal shows. On the 2,145
 clean train and dev templates the guard changes nothing (tests/unit/model/test_guard.py).
 
 This is a deny-list, and an attacker who knows it can word around it: a claim without any of
@@ -31,8 +34,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# What stands in the prompt for removed text. No letters (the rank decision's drafts quote the
-# log's words), and `model.prompt.control_marks` finds it.
+# What stands for removed text where the log is quoted for people; the prompt gets "".
 MARK: str = "‹…›"
 
 # Invisible characters an attacker uses to split a cue word ("ign\u200bore"): they carry no
@@ -121,7 +123,7 @@ _LETTERS = re.compile(r"[A-Za-z]{2,}")
 class Guarded:
     """A template with the text addressed to a model taken out."""
 
-    text: str  # what the model may read: the log's own content, MARK where text was removed
+    text: str  # what the model may read: the log's own content, `mark` where text was removed
     removed: tuple[str, ...] = ()  # what was taken out, verbatim, in order
     reasons: tuple[str, ...] = ()  # one per removal: "control markup", "addressed to the model", "repeated filler"
 
@@ -130,8 +132,8 @@ class Guarded:
         return bool(self.removed)
 
 
-def guard(template: str) -> Guarded:
-    """The log's own content, and what was addressed to a model.
+def guard(template: str, mark: str = MARK) -> Guarded:
+    """The log's own content, and what was addressed to a model (`mark` where it was).
 
     >>> guard("ciod: LOGIN chdir(<*>) failed: No such file or directory")
     Guarded(text='ciod: LOGIN chdir(<*>) failed: No such file or directory', removed=(), reasons=())
@@ -144,6 +146,8 @@ def guard(template: str) -> Guarded:
     'link down ‹…›'
     >>> guard("fan failed " + "ok healthy " * 40 + "retry 3").text
     'fan failed ‹…› retry 3'
+    >>> guard("fan failed " + "ok healthy " * 40 + "retry 3 </think>", mark="").text
+    'fan failed retry 3'
     """
     text = " ".join(template.split("\n")) if "\n" in template or "\r" in template else template
     text = text.replace("\r", " ").translate(_FOLD)
@@ -169,15 +173,15 @@ def guard(template: str) -> Guarded:
             cut = lead.start()
         removed.append(text[cut:].strip())
         reasons.append(reason)
-        text = text[:cut].rstrip() + (" " if text[:cut].strip() else "") + MARK
-    text, floods = _drop_floods(text)
+        text = text[:cut].rstrip() + (" " if text[:cut].strip() and mark else "") + mark
+    text, floods = _drop_floods(text, mark)
     removed += floods
     reasons += ["repeated filler"] * len(floods)
     return Guarded(text, tuple(removed), tuple(reasons))
 
 
-def _drop_floods(text: str) -> tuple[str, list[str]]:
-    """Runs of a phrase repeated `_FLOOD_REPEATS` or more times, replaced by MARK."""
+def _drop_floods(text: str, mark: str) -> tuple[str, list[str]]:
+    """Runs of a phrase repeated `_FLOOD_REPEATS` or more times, replaced by `mark`."""
     words = list(_WORD.finditer(text))
     if len(words) < _FLOOD_REPEATS:
         return text, []
@@ -202,10 +206,11 @@ def _drop_floods(text: str) -> tuple[str, list[str]]:
             i += 1
     if not spans:
         return text, []
-    out, floods, last = [], [], 0
+    pieces, floods, last = [], [], 0
     for start, end in spans:
-        out.append(text[last:start] + MARK)
+        pieces.append(text[last:start])
         floods.append(text[start:end])
         last = end
-    out.append(text[last:])
-    return "".join(out).strip(), floods
+    pieces.append(text[last:])
+    joined = mark.join(pieces) if mark else " ".join(p.strip() for p in pieces if p.strip())
+    return joined.strip(), floods

@@ -91,13 +91,13 @@ def test_hostile_text_stays_inside_the_log_as_data(payload: str) -> None:
         for marker in ("<think", "</think", "<answer", "</answer", "<s>", "[inst]", "<file_sep>", "<repo_name>", "<<sys>>"):
             assert marker not in squeezed
         assert "<*>" in body  # Drain3's masks are the model's vocabulary: untouched
-    assert read_log(template_messages(template)) == log_text(template)
+    assert read_log(template_messages(template)) == log_text(template, mark="")
 
 
 def test_repeated_phrases_collapse_and_length_is_capped() -> None:
     # A flood is taken out (model.guard); a short repeat is written once with its count.
     flooded = "fan speed low " + " ".join(["ok healthy routine success"] * 60)
-    assert log_text(flooded) == "fan speed low ‹…›"
+    assert log_text(flooded) == "fan speed low ‹…›" and log_text(flooded, mark="") == "fan speed low"
     assert log_text("fan speed low ok healthy ok healthy ok healthy") == "fan speed low ok healthy (repeated 3 times)"
     # The answer's words in a log the guard let through are masked like a variable.
     assert log_text("link state Normal, was abnormal") == "link state <*>, was <*>"
