@@ -69,12 +69,12 @@ class Classifier:
 
 
 def _steered(conversation: Conversation, judgement: Judgement) -> Judgement:
-    """A log that carried text addressed to a model (chat-role markers, output tags, sentences
-    telling the judge what to answer: `model.guard`) was judged without it, on its own content.
-    The label stays the model's: overriding it to abnormal made every normal log carrying such
-    text a false alarm (bench/injection.py, ra-prompt-2: 100 normal->abnormal flips in 400).
-    The rationale says what was removed, so the attempt shows in the verdict. Unknowns stay
-    unknown (nothing was judged)."""
+    """A log whose prompt still carries neutralised control markup (spelled with the inert
+    brackets themselves: `model.guard` cuts every mark it knows, with what follows, and the
+    prompt keeps no trace of that; `model.guard.steering_found` reports it from the raw
+    template) keeps the model's label, and the rationale says so. Overriding the label to
+    abnormal made every normal log carrying such text a false alarm (bench/injection.py,
+    ra-prompt-2: 100 normal->abnormal flips in 400). Unknowns stay unknown."""
     if judgement.label == "unknown" or not control_marks(conversation):
         return judgement
     return replace(judgement, rationale=f"{judgement.rationale or ''} {STEERING_NOTE}".strip())
