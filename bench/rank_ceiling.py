@@ -32,7 +32,7 @@ from rationanomaly.model.loading import load_causal_lm  # noqa: E402
 from rationanomaly.model.ranking import load_threshold, margins  # noqa: E402
 from rationanomaly.model.scoring import scorer  # noqa: E402
 from rationanomaly.training.calibrate import Scored, best_threshold, calibration_sample, score_sample, weighted_f1  # noqa: E402
-from rationanomaly.training.data import load_split, prompt_messages  # noqa: E402
+from rationanomaly.training.data import load_split, log_input  # noqa: E402
 from rationanomaly.training.evaluate import auc  # noqa: E402
 
 DATASETS = ("bgl", "spirit")
@@ -92,7 +92,7 @@ def main() -> None:
     for d in DATASETS:
         dev_examples = load_split(f"{d}_dev")
         gold = np.array([e.label == "abnormal" for e in dev_examples])
-        m_dev = np.array(margins(score, [prompt_messages(e) for e in dev_examples]))
+        m_dev = np.array(margins(score, [log_input(e) for e in dev_examples]))
         rows = [(e, s) for (e, _), s in zip(sample, train_scored, strict=True) if e.provenance.dataset == d]
         train = [s for _, s in rows]
         own, _ = best_threshold(train)

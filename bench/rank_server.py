@@ -33,7 +33,7 @@ from rationanomaly.model.llama_server import LlamaServer  # noqa: E402
 from rationanomaly.model.loading import resolve_model, shipped_adapter_dir  # noqa: E402
 from rationanomaly.model.ranking import decide, load_threshold, margins  # noqa: E402
 from rationanomaly.model.settings import BackendSettings  # noqa: E402
-from rationanomaly.training.data import load_split, prompt_messages  # noqa: E402
+from rationanomaly.training.data import load_split, log_input  # noqa: E402
 
 
 def merged_gguf(adapter: Path, convert_script: Path, out_dir: Path) -> Path:
@@ -72,7 +72,7 @@ def main() -> None:
         for label in ("abnormal", "normal"):
             pool = [e for e in examples if e.label == label]
             sample += rng.sample(pool, min(args.per_class, len(pool)))
-    conversations = [prompt_messages(e) for e in sample]
+    conversations = [log_input(e) for e in sample]
 
     with tempfile.TemporaryDirectory() as tmp:
         gguf = args.gguf

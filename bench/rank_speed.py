@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from rationanomaly.model.loading import load_causal_lm  # noqa: E402
 from rationanomaly.model.ranking import margins  # noqa: E402
 from rationanomaly.model.scoring import scorer  # noqa: E402
-from rationanomaly.training.data import load_split, prompt_messages  # noqa: E402
+from rationanomaly.training.data import load_split, log_input  # noqa: E402
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_causal_lm("default", "default")
-    conversations = [prompt_messages(e) for e in load_split("spirit_dev")[: args.templates]]
+    conversations = [log_input(e) for e in load_split("spirit_dev")[: args.templates]]
     seconds: dict[bool, list[float]] = {False: [], True: []}
     found: dict[bool, list[float]] = {}
     for _ in range(args.repeats):

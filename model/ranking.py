@@ -11,8 +11,9 @@ its teacher-forced log-likelihood after the same prompt; the verdict is abnormal
 
 The threshold corrects the model's prior (training over-sampled anomalies, and the two drafts
 differ in length); `training.calibrate` picks it on train splits and saves it beside the adapter
-in `decision.json`, which `decision="auto"` reads. The published rationale is the draft the model
-chose: grounded in the input by construction (`model.drafts`) and consistent with its answer.
+in `decision.json`, which `decision="auto"` reads (`model.decision`). The published rationale is
+the draft the model chose: grounded in the input by construction (`model.drafts`) and consistent
+with its answer, but written by a rule (`rationale_source: draft`).
 It costs two teacher-forced passes per input (the system prompt they share runs once,
 `model.scoring`), no sampling, on a backend that exposes scores: in-process transformers, or
 an OpenAI-compatible server that echoes prompt log-probs (`backends.echo`).
@@ -21,19 +22,16 @@ an OpenAI-compatible server that echoes prompt log-probs (`backends.echo`).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
-import structlog
 
-from rationanomaly.model.backends.base import BackendError, Conversation, Generation
+from rationanomaly.model.backends.base import BackendError, Conversation
 from rationanomaly.model.drafts import DRAFTS_VERSION, draft_template, draft_window
+from rationanomaly.model.judgement import LogInput
 from rationanomaly.model.parser import Label
-from rationanomaly.model.prompt import completion_text, read_log
-
-log = structlog.get_logger(__name__)
+from rationanomaly.model.prompt import completion_text, log_text, template_messages, window_messages
 
 DECISION_FILE = "decision.json"
 ORDER: tuple[Label, Label] = ("abnormal", "normal")
@@ -42,17 +40,43 @@ ORDER: tuple[Label, Label] = ("abnormal", "normal")
 Scorer = Callable[[Sequence[Conversation], Sequence[str]], list[float]]
 
 
-def candidates(log_input: str | tuple[str, ...]) -> dict[Label, str]:
-    """The two answers to choose between: a grounded draft arguing each label, as targets.
+def messages_for(log: LogInput) -> Conversation:
+    """The prompt for a log input: one template, or a window's templates.
+
+    >>> messages_for("disk <*> failed") == template_messages("disk <*> failed")
+    True
+    >>> messages_for(("a", "b")) == window_messages(["a", "b"])
+    True
+    """
+    return template_messages(log) if isinstance(log, str) else window_messages(list(log))
+
+
+def drafts(log: LogInput) -> dict[Label, str]:
+    """A grounded draft arguing each label, written from the input as the prompt shows it
+    (inert and bounded: a draft quotes nothing the model was not shown).
+
+    >>> drafts("ciod: Error reading message prefix on CioStream socket")["abnormal"]
+    "Key: 'Error' from ciod. This points to a network fault affecting the socket. Conclusion: abnormal, a fault is indicated."
+    >>> drafts(("a", "a", "b"))["normal"]
+    'Key: 3 lines, 2 distinct events, no fault keywords. The events follow the usual lifecycle. Conclusion: normal, routine operation.'
+    """
+    if isinstance(log, str):
+        shown = log_text(log)
+        return {label: draft_template(shown, label) for label in ORDER}
+    lines = tuple(log_text(t) for t in log)
+    return {label: draft_window(lines, label) for label in ORDER}
+
+
+def candidates(log: LogInput) -> dict[Label, str]:
+    """The two answers to choose between: each label's draft with its answer, as the targets
+    the model is trained to produce and is scored on.
 
     >>> sorted(candidates("disk <*> failed"))
     ['abnormal', 'normal']
     >>> candidates(("a", "b"))["normal"].endswith("<answer>normal</answer>")
     True
     """
-    if isinstance(log_input, str):
-        return {label: completion_text(draft_template(log_input, label), label) for label in ORDER}
-    return {label: completion_text(draft_window(log_input, label), label) for label in ORDER}
+    return {label: completion_text(text, label) for label, text in drafts(log).items()}
 
 
 def decide(margin: float, threshold: float) -> Label:
@@ -78,22 +102,19 @@ def confidence(margin: float, threshold: float, label: Label) -> float:
     return 1.0 / (1.0 + math.exp(-distance)) if distance > -700 else 0.0
 
 
-def margins(score: Scorer, conversations: Sequence[Conversation],
-            answers: Sequence[dict[Label, str]] | None = None) -> list[float]:
-    """log p(abnormal answer) − log p(normal answer) for each conversation, in nats; `answers`
-    are its `candidates` when the caller already has them.
-
-    Raises ValueError for a conversation not rendered by `model.prompt`.
-    """
+def margins(score: Scorer, inputs: Sequence[LogInput], answers: Sequence[dict[Label, str]] | None = None) -> list[float]:
+    """log p(abnormal answer) − log p(normal answer) for each log input, in nats, after the
+    prompt `messages_for` renders; `answers` are its `candidates` when the caller has them."""
     if answers is None:
-        answers = [candidates(read_log(conversation)) for conversation in conversations]
+        answers = [candidates(log) for log in inputs]
     prompts: list[Conversation] = []
     completions: list[str] = []
-    for conversation, pair in zip(conversations, answers, strict=True):
+    for log, pair in zip(inputs, answers, strict=True):
+        conversation = messages_for(log)
         prompts += [conversation, conversation]
         completions += [pair["abnormal"], pair["normal"]]
     scores = score(prompts, completions)
-    return [scores[2 * k] - scores[2 * k + 1] for k in range(len(conversations))]
+    return [scores[2 * k] - scores[2 * k + 1] for k in range(len(inputs))]
 
 
 def load_threshold(adapter_dir: str | Path | None) -> float | None:
@@ -132,61 +153,3 @@ def rank_model_id(scorer_id: str, threshold: float) -> str:
     """
     # repr: the shortest text that reads back as the same float, so two thresholds never share it.
     return f"{scorer_id}+rank(threshold={float(threshold)!r},drafts={DRAFTS_VERSION})"
-
-
-class RankingBackend:
-    """`Backend` that answers by rank classification over a scoring backend's log-likelihoods."""
-
-    def __init__(self, scorer: object, threshold: float, batch_size: int = 8) -> None:
-        score = getattr(scorer, "score", None)
-        if not callable(score):
-            raise BackendError(f"{type(scorer).__name__} cannot score completions; the rank decision needs "
-                               "kind='transformers', or kind='openai' against a server that echoes prompt log-probs")
-        self._scorer = scorer
-        self._score: Scorer = score
-        self.threshold = threshold
-        self._batch_size = batch_size
-        self.model_id: str = rank_model_id(str(getattr(scorer, "model_id", "model")), threshold)
-
-    def generate(self, conversations: Sequence[Conversation]) -> list[Generation]:
-        results: list[Generation] = []
-        for start in range(0, len(conversations), self._batch_size):
-            results.extend(self._rank_batch(conversations[start : start + self._batch_size]))
-        return results
-
-    def close(self) -> None:
-        close = getattr(self._scorer, "close", None)
-        if callable(close):
-            close()
-
-    def _rank_batch(self, batch: Sequence[Conversation]) -> list[Generation]:
-        started = time.perf_counter()
-        readable: list[int] = []
-        answers: dict[int, dict[Label, str]] = {}
-        errors: dict[int, str] = {}
-        for i, conversation in enumerate(batch):
-            try:
-                answers[i] = candidates(read_log(conversation))
-                readable.append(i)
-            except ValueError as error:
-                errors[i] = f"rank decision: {error}"
-        found: dict[int, float] = {}
-        if readable:
-            try:
-                values = margins(self._score, [batch[i] for i in readable], [answers[i] for i in readable])
-                found = dict(zip(readable, values, strict=True))
-            except Exception as error:  # the Protocol forbids raising for a bad request
-                log.exception("rank scoring failed", batch=len(readable))
-                errors.update({i: f"scoring error: {error!r}" for i in readable})
-        latency = time.perf_counter() - started
-        out: list[Generation] = []
-        for i in range(len(batch)):
-            if i in found and math.isfinite(found[i]):
-                label = decide(found[i], self.threshold)
-                out.append(Generation(answers[i][label], latency, confidence=confidence(found[i], self.threshold, label)))
-            else:
-                # NaN: a server could not score one of the two answers (its log says why). An
-                # input the drafts cannot read is this input's fault; anything else is the scorer's.
-                out.append(Generation(None, latency, error=errors.get(i, f"no margin: {found.get(i)!r} (an answer went unscored)"),
-                                      unavailable=i in readable))
-        return out

@@ -55,10 +55,11 @@ class BackendSettings(BaseModel):
     structured_outputs: bool = True  # constrain output to OUTPUT_REGEX (openai, vllm)
     device: str = "auto"  # cuda when available, else cpu
     dtype: DType = "auto"
-    # How the verdict is reached: "generate" decodes a rationale and answer; "rank" scores the
-    # two grounded answers and keeps the likelier (model.ranking: in-process with transformers,
-    # or on a server that echoes prompt log-probs with openai); "auto" ranks in-process when the
-    # adapter ships a calibrated decision.json, else generates (openai and vllm: generates).
+    # How the verdict is reached (model.decision): "generate" decodes a rationale and answer;
+    # "rank" scores the two grounded answers and keeps the likelier (in-process with
+    # transformers, or on a server that echoes prompt log-probs with openai); "auto", for every
+    # kind, ranks when a calibrated threshold is known (rank_threshold, or the adapter's
+    # decision.json) and the backend can score, else generates.
     decision: Decision = "auto"
     rank_threshold: float | None = None  # overrides decision.json's threshold (nats)
 
@@ -95,8 +96,9 @@ class BackendSettings(BaseModel):
                     "kind='openai' needs base_url: set it to the server's OpenAI-compatible root, "
                     "e.g. http://127.0.0.1:8000/v1"
                 )
-            if self.adapter not in (None, DEFAULT) and self.decision != "rank":
-                # With decision='rank' the adapter directory is read for its decision.json only.
+            if self.adapter not in (None, DEFAULT) and self.decision == "generate":
+                # Otherwise the adapter directory is read for its decision.json only: it names
+                # the adapter the server serves.
                 raise ValueError(
                     "kind='openai' cannot load an adapter client-side: serve it with "
                     "`vllm serve BASE --enable-lora --lora-modules NAME=PATH` and set model=NAME"

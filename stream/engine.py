@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from rationanomaly.model.backends import Backend, make_backend
-from rationanomaly.model.classifier import Classifier
-from rationanomaly.model.prompt import PROMPT_VERSION
+from rationanomaly.model.backends import Backend
+from rationanomaly.model.decision import Decider, as_decider, make_decider
 from rationanomaly.stream.judging import JudgeWorker, WindowJudge
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.pipeline import ModelIdentity, Pipeline
@@ -20,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class Engine:
-    backend: Backend
+    decider: Decider
     worker: JudgeWorker
     pipeline: Pipeline
     sink: VerdictSink
@@ -39,25 +38,31 @@ class Engine:
         self.worker.close()
         self.save_cache()
         self.sink.close()
-        if self.owns_backend:  # a backend handed in by the caller is the caller's to close
-            self.backend.close()
+        if self.owns_backend:  # a backend or decider handed in by the caller is the caller's to close
+            self.decider.close()
 
 
 def build_engine(
     settings: DetectorSettings,
     sink: VerdictSink,
-    backend: Backend | None = None,
+    backend: Backend | Decider | None = None,
     metrics: DetectorMetrics | None = None,
 ) -> Engine:
+    """`backend`: a transport the settings' decision is put on, or a whole decider; built
+    from `settings.backend` when None."""
     metrics = metrics or DetectorMetrics()
     owns_backend = backend is None
-    backend = backend or make_backend(settings.backend)
-    classifier = Classifier(backend, retries=settings.judging.retries)
-    identity = ModelIdentity(model_id=backend.model_id, prompt_version=PROMPT_VERSION)
-    judge = WindowJudge(classifier, settings.judging, metrics)
+    retries = settings.judging.retries
+    if backend is None:
+        decider = make_decider(settings.backend, retries=retries)
+    else:
+        decider = as_decider(backend, settings.backend, retries=retries)
+    identity = ModelIdentity(model_id=decider.model_id, prompt_version=decider.prompt_version)
+    log.info("decision", kind=decider.kind, model=decider.model_id)
+    judge = WindowJudge(decider, settings.judging, metrics)
     if settings.judging.cache_file is not None:
         loaded = judge.cache.load(settings.judging.cache_file, identity.model_id, identity.prompt_version)
         log.info("template_cache_loaded", path=str(settings.judging.cache_file), templates=loaded)
     worker = JudgeWorker(judge, settings.judging, metrics)
     pipeline = Pipeline(settings, worker, sink, metrics, identity)
-    return Engine(backend, worker, pipeline, sink, metrics, identity, judge, settings, owns_backend)
+    return Engine(decider, worker, pipeline, sink, metrics, identity, judge, settings, owns_backend)

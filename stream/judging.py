@@ -19,9 +19,9 @@ import orjson
 
 import structlog
 
-from rationanomaly.model.classifier import Classifier, Judgement
-from rationanomaly.model.judgement import DecisionKind, RationaleSource
-from rationanomaly.model.prompt import log_text, template_messages, window_messages
+from rationanomaly.model.decision import Decider
+from rationanomaly.model.judgement import DecisionKind, Judgement, RationaleSource
+from rationanomaly.model.prompt import log_text
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import JudgeMode, ModelDownPolicy, VerdictLabel, Window
 from rationanomaly.stream.settings import JudgeSettings
@@ -212,8 +212,8 @@ class TemplateCache:
 class WindowJudge:
     """Synchronous judging of a batch of windows; the worker below runs it on a thread."""
 
-    def __init__(self, classifier: Classifier, settings: JudgeSettings, metrics: DetectorMetrics) -> None:
-        self._classifier = classifier
+    def __init__(self, decider: Decider, settings: JudgeSettings, metrics: DetectorMetrics) -> None:
+        self._decider = decider
         self._settings = settings
         self._metrics = metrics
         self.cache = TemplateCache(
@@ -260,7 +260,7 @@ class WindowJudge:
         fresh: dict[str, Judgement] = {}
         if wanted:
             ids = list(wanted)
-            judgements = self._classifier.classify([template_messages(wanted[t]) for t in ids])
+            judgements = self._decider.decide([wanted[t] for t in ids])
             away: list[Judgement] = []
             for tid, judgement in zip(ids, judgements, strict=True):
                 self._metrics.model_latency.observe(judgement.latency_s)
@@ -323,14 +323,14 @@ class WindowJudge:
 
     def _judge_sequences(self, windows: list[Window], hold_if_model_down: bool) -> list[JudgedWindow]:
         cap = self._settings.window_max_templates
-        conversations = []
+        inputs: list[tuple[str, ...]] = []
         for window in windows:
             texts = [window.templates[tid] for tid in window.sequence]
             if len(texts) > cap:
                 # Head and tail: HDFS-like sessions show their failures at the start or the end.
                 texts = texts[: cap // 2] + texts[-(cap - cap // 2) :]
-            conversations.append(window_messages(texts))
-        judgements = self._classifier.classify(conversations)
+            inputs.append(tuple(texts))
+        judgements = self._decider.decide(inputs)
         away = [j for j in judgements if j.label == "unknown" and j.unavailable]
         self.model_away = bool(away)
         if away and hold_if_model_down:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rationanomaly.model.ranking import Scorer, margins
-from rationanomaly.training.data import LogExample, prompt_messages
+from rationanomaly.training.data import LogExample, log_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,7 @@ def calibration_sample(examples: Sequence[LogExample], normal_per_dataset: int, 
 
 def score_sample(score: Scorer, sample: Sequence[tuple[LogExample, float]]) -> list[Scored]:
     """The rank decision's margin for each (example, weight) of a calibration sample."""
-    values = margins(score, [prompt_messages(e) for e, _ in sample])
+    values = margins(score, [log_input(e) for e, _ in sample])
     return [Scored(e.provenance.dataset, e.label, m, w) for (e, w), m in zip(sample, values, strict=True)]
 
 

@@ -246,6 +246,13 @@ def stratified_holdout(examples: Sequence[LogExample], share: float,
     return train, held
 
 
+def log_input(example: LogExample) -> str | tuple[str, ...]:
+    """What a decider judges for an example: its template, or its window's sequence."""
+    if example.kind is ExampleKind.WINDOW:
+        return tuple(example.templates)
+    return example.templates[0]
+
+
 def prompt_messages(example: LogExample) -> list[dict[str, str]]:
     """The chat prompt the model sees for an example: one template, or a window's sequence."""
     from rationanomaly.model.prompt import template_messages, window_messages

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import structlog
 
-from rationanomaly.training.data import ExampleKind, LogExample, load_any, load_split, prompt_messages
+from rationanomaly.training.data import ExampleKind, LogExample, load_any, load_split, log_input
 from rationanomaly.model.lexicon import stance
 
 log = structlog.get_logger(__name__)
@@ -148,13 +148,13 @@ Judge = Callable[[Sequence[list[dict[str, str]]]], list[Any]]
 
 
 def judge_examples(examples: Sequence[LogExample], classifier: Any, batch_size: int = 8) -> list[ItemResult]:
-    """Judge examples with a model `Classifier`; shortest prompts batched together (less padding)."""
+    """Judge examples with a `model.decision.Decider`; shortest inputs batched together (less padding)."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].source))
     results: list[ItemResult | None] = [None] * len(examples)
     chunk = batch_size * 4  # progress logging granularity; the backend batches within it
     for start in range(0, len(order), chunk):
         indices = order[start : start + chunk]
-        judgements = classifier.classify([prompt_messages(examples[i]) for i in indices])
+        judgements = classifier.decide([log_input(examples[i]) for i in indices])
         for index, judgement in zip(indices, judgements, strict=True):
             e = examples[index]
             argued = stance(judgement.rationale) if judgement.rationale else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from rationanomaly.model.lexicon import has_fault_terms
 from rationanomaly.model.ranking import margins
 from rationanomaly.model.scoring import scorer
-from rationanomaly.training.data import LogExample, prompt_messages
+from rationanomaly.training.data import LogExample, log_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ def candidates(examples: Sequence[LogExample], limit: int, seed: int = 0) -> lis
 def preference_margins(model, tokenizer, examples: Sequence[LogExample], batch_size: int = 16) -> list[Doubt]:
     """Each example with the policy's margin for its gold-label draft over the flipped one: the
     rank decision's margin (abnormal over normal), signed by the gold label."""
-    found = margins(scorer(model, tokenizer, batch_size), [prompt_messages(e) for e in examples])
+    found = margins(scorer(model, tokenizer, batch_size), [log_input(e) for e in examples])
     return [Doubt(e, m if e.label == "abnormal" else -m) for e, m in zip(examples, found, strict=True)]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from rationanomaly.training.calibrate import calibrate_on_holdout
-from rationanomaly.training.data import LogExample, load_split, prompt_messages, stratified_holdout
+from rationanomaly.training.data import LogExample, load_split, log_input, prompt_messages, stratified_holdout
 
 log = structlog.get_logger(__name__)
 
@@ -155,13 +155,12 @@ def batch_loss(model: Any, tokenizer: Any, batch: Sequence[LogExample], run: Mar
     """The stage's loss on a batch, and its parts for the log."""
     import torch
 
-    from rationanomaly.model.prompt import read_log
     from rationanomaly.model.ranking import candidates
 
     conversations, completions = [], []
     for example in batch:
         conversation = prompt_messages(example)
-        pair = candidates(read_log(conversation))  # exactly the answers the rank decision weighs
+        pair = candidates(log_input(example))  # exactly the answers the rank decision weighs
         conversations += [conversation, conversation]
         completions += [pair["abnormal"], pair["normal"]]
     sums, lengths = answer_logprobs(model, tokenizer, conversations, completions)

@@ -123,9 +123,30 @@ class MemoBackend:
     def __init__(self, inner: Backend) -> None:
         self._inner = inner
         self._memo: dict[bytes, Generation] = {}
+        self._scores: dict[bytes, float] = {}
+        if not callable(getattr(inner, "score", None)):
+            self.score = None  # a transport that cannot score: nor can this (the decision generates)
         self._lock = threading.Lock()
         self.model_id = inner.model_id
         self.calls = 0
+
+    def score(self, conversations, completions):
+        """The wrapped backend's scores (the rank decision), remembered like its answers."""
+        keys = [orjson.dumps([c, text]) for c, text in zip(conversations, completions, strict=True)]
+        with self._lock:
+            missing = [i for i, k in enumerate(keys) if k not in self._scores]
+        if missing:
+            self.calls += len(missing)
+            fresh = self._inner.score([conversations[i] for i in missing], [completions[i] for i in missing])
+            with self._lock:
+                for i, value in zip(missing, fresh, strict=True):
+                    if value == value:  # NaN: unscored, not remembered
+                        self._scores[keys[i]] = value
+            found = dict(zip(missing, fresh, strict=True))
+        else:
+            found = {}
+        with self._lock:
+            return [found[i] if i in found else self._scores[k] for i, k in enumerate(keys)]
 
     def generate(self, conversations):
         keys = [orjson.dumps(c) for c in conversations]

@@ -14,7 +14,7 @@ import pytest
 
 from rationanomaly.model.backends import make_backend
 from rationanomaly.model.backends.openai import OpenAIBackend
-from rationanomaly.model.classifier import Classifier
+from rationanomaly.model.decision import GenerateDecider
 from rationanomaly.model.llama_server import LlamaServer
 from rationanomaly.model.parser import VerdictParseError, parse_verdict
 from rationanomaly.model.prompt import template_messages, window_messages
@@ -97,7 +97,7 @@ def test_concurrent_requests_match_sequential_ones(server: LlamaServer) -> None:
 def test_every_response_is_validated(server: LlamaServer) -> None:
     backend = OpenAIBackend(backend_settings(server, max_new_tokens=48))
     try:
-        judgements = Classifier(backend, retries=1).classify([template_messages(t) for t in TEMPLATES[:3]])
+        judgements = GenerateDecider(backend, retries=1).decide(list(TEMPLATES[:3]))
     finally:
         backend.close()
     assert len(judgements) == 3

@@ -17,7 +17,7 @@ import pytest
 
 from rationanomaly.model.backends import make_backend
 from rationanomaly.model.backends.openai import OpenAIBackend
-from rationanomaly.model.classifier import Classifier
+from rationanomaly.model.decision import GenerateDecider, make_decider
 from rationanomaly.model.llama_server import free_port
 from rationanomaly.model.prompt import template_messages
 from rationanomaly.model.settings import BackendSettings
@@ -136,7 +136,7 @@ def test_slow_server_times_out_without_exception(serve: Callable[[Script], Scrip
         started = time.perf_counter()
         generations = backend.generate([template_messages("a")] * 3)
         elapsed = time.perf_counter() - started
-        judgements = Classifier(backend, retries=1).classify([template_messages("a")])
+        judgements = GenerateDecider(backend, retries=1).decide(["a"])
     finally:
         backend.close()
     assert all(g.text is None and g.error and g.error.startswith("timeout") and g.unavailable for g in generations)
@@ -247,7 +247,7 @@ def test_reasoning_content_is_folded_back(serve: Callable[[Script], ScriptedServ
     server = serve(lambda body, n: (200, payload, 0.0))
     backend = OpenAIBackend(settings(server.base_url), probe=False)
     try:
-        (judgement,) = Classifier(backend).classify([template_messages("a")])
+        (judgement,) = GenerateDecider(backend).decide(["a"])
     finally:
         backend.close()
     assert (judgement.label, judgement.rationale) == ("abnormal", "Fan failure.")
@@ -268,12 +268,12 @@ def test_rank_decision_starts_before_its_server_and_checks_it_once_up(serve: Cal
     batch, and a server that then answers without echoed log-probs fails that batch, not the
     process."""
     port = free_port()
-    backend = make_backend(settings(f"http://127.0.0.1:{port}/v1", decision="rank", retries=0, timeout_s=2))
+    decider = make_decider(settings(f"http://127.0.0.1:{port}/v1", decision="rank", retries=0, timeout_s=2), retries=0)
     try:
-        down = backend.generate([template_messages("disk failure")])
+        down = decider.decide(["disk failure"])
     finally:
-        backend.close()
-    assert down[0].text is None and "went unscored" in down[0].error
+        decider.close()
+    assert down[0].label == "unknown" and "went unscored" in down[0].reason and down[0].unavailable
 
     def no_echo(body: dict, n: int) -> tuple[int, dict, float]:
         return 200, {"choices": [{"index": 0, "text": "x", "logprobs": None}]}, 0.0
@@ -282,10 +282,10 @@ def test_rank_decision_starts_before_its_server_and_checks_it_once_up(serve: Cal
         return (503, {"error": "loading"}, 0.0) if n == 1 else no_echo(body, n)
 
     server = serve(loading)
-    backend = make_backend(settings(server.base_url, decision="rank", retries=0))  # 503: not a refusal
+    decider = make_decider(settings(server.base_url, decision="rank", retries=0), retries=0)  # 503: not a refusal
     try:
-        later = backend.generate([template_messages("disk failure")])
+        later = decider.decide(["disk failure"])
     finally:
-        backend.close()
-    assert later[0].text is None and "no echoed log-probs" in later[0].error
+        decider.close()
+    assert later[0].label == "unknown" and "no echoed log-probs" in later[0].reason
     assert all(body.get("echo") is True for body in server.bodies)

@@ -13,13 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from rationanomaly.model.backends import make_backend
 from rationanomaly.model.backends.openai import OpenAIBackend
 from rationanomaly.model.backends.transformers import TransformersBackend
 from rationanomaly.model.llama_server import LlamaServer
-from rationanomaly.model.parser import parse_verdict
 from rationanomaly.model.prompt import template_messages
-from rationanomaly.model.ranking import RankingBackend, candidates, decide
+from rationanomaly.model.decision import RankDecider, make_decider
+from rationanomaly.model.ranking import candidates, decide, drafts
 from rationanomaly.model.settings import BackendSettings
 
 from tests.conftest import LLAMA_SERVER_MARKS
@@ -72,19 +71,18 @@ def test_the_server_scores_each_answer_as_the_model_in_process_does(server: Llam
 
 
 def test_the_rank_decision_runs_against_the_server(server: LlamaServer, in_process_scores) -> None:
-    backend = make_backend(served(server))  # passes the start-up check: echoed log-probs line up
+    decider = make_decider(served(server))  # passes the start-up check: echoed log-probs line up
     try:
-        assert isinstance(backend, RankingBackend) and backend.threshold == 0.0
-        conversation = template_messages(TEMPLATES[1])
-        [generation] = backend.generate([conversation])
+        assert isinstance(decider, RankDecider) and decider.threshold == 0.0
+        [judgement] = decider.decide([TEMPLATES[1]])
     finally:
-        backend.close()
+        decider.close()
     expected = decide(in_process_scores[(TEMPLATES[1], "abnormal")] - in_process_scores[(TEMPLATES[1], "normal")], 0.0)
-    assert generation.error is None, generation.error
-    verdict = parse_verdict(generation.text or "")
-    # The published rationale is the grounded draft for the chosen label, as in-process.
-    assert verdict.label == expected and generation.text == candidates(TEMPLATES[1])[expected]
-    assert generation.confidence is not None and generation.confidence > 0.99
+    assert judgement.reason is None, judgement.reason
+    # The published rationale is the grounded draft for the chosen label, as in-process, and says so.
+    assert judgement.label == expected and judgement.rationale == drafts(TEMPLATES[1])[expected]
+    assert (judgement.decision, judgement.rationale_source) == ("rank", "draft")
+    assert judgement.confidence is not None and judgement.confidence > 0.99
 
 
 def test_eval_measures_the_served_model(server: LlamaServer, in_process_scores, tmp_path) -> None:

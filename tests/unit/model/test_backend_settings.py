@@ -33,7 +33,7 @@ def test_openai_base_url_normalised() -> None:
     [
         ({"kind": "openai"}, "needs base_url"),
         ({"kind": "openai", "base_url": "127.0.0.1:8000"}, "must start with http"),
-        ({"kind": "openai", "base_url": "http://x/v1", "adapter": "/tmp/a"}, "--lora-modules"),
+        ({"kind": "openai", "base_url": "http://x/v1", "adapter": "/tmp/a", "decision": "generate"}, "--lora-modules"),
         ({"kind": "transformers", "base_url": "http://x/v1"}, "only used by kind='openai'"),
         ({"kind": "vllm", "device": "cpu"}, "needs a CUDA GPU"),
         ({"device": "gpu0"}, "cuda:N"),

@@ -14,7 +14,7 @@ import pytest
 
 from rationanomaly.model.backends import make_backend
 from rationanomaly.model.backends.transformers import TransformersBackend
-from rationanomaly.model.classifier import Classifier
+from rationanomaly.model.decision import GenerateDecider
 from rationanomaly.model.loading import load_causal_lm, prepare_default_model
 from rationanomaly.model.prompt import template_messages, window_messages
 from rationanomaly.model.settings import BackendSettings
@@ -25,6 +25,11 @@ CONVERSATIONS = [
     template_messages("ciod: LOGIN chdir(<*>) failed: No such file or directory"),
     template_messages("instruction cache parity error corrected"),
     window_messages(["KERNEL FATAL machine check interrupt", "generating core.<*>", "generating core.<*>"]),
+]
+INPUTS = [
+    "ciod: LOGIN chdir(<*>) failed: No such file or directory",
+    "instruction cache parity error corrected",
+    ("KERNEL FATAL machine check interrupt", "generating core.<*>", "generating core.<*>"),
 ]
 
 
@@ -56,7 +61,7 @@ def test_make_backend_loads_the_default_model() -> None:
     try:
         assert isinstance(backend, TransformersBackend)
         assert backend.model_id == "smollm2-135m-instruct"  # machine-independent, for verdict ids
-        (judgement,) = Classifier(backend, retries=0).classify(CONVERSATIONS[:1])
+        (judgement,) = GenerateDecider(backend, retries=0).decide(INPUTS[:1])
     finally:
         backend.close()
     # 8 tokens cannot hold a verdict; the untuned model's text is kept for audit.

@@ -1,11 +1,10 @@
-"""Judging with a scripted classifier: a fake is fine here, the real model runs in tests/integration."""
+"""Judging with a scripted decider: a fake is fine here, the real model runs in tests/integration."""
 
 from __future__ import annotations
 
 import time
 
-from rationanomaly.model.classifier import Judgement
-from rationanomaly.model.prompt import read_log
+from rationanomaly.model.judgement import Judgement
 from rationanomaly.stream.judging import JudgeWorker, WindowJudge, combine
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import JudgeMode, OffsetRange, Window, WindowKind
@@ -13,26 +12,32 @@ from rationanomaly.stream.settings import JudgeSettings
 
 
 class ScriptedClassifier:
-    """Answers by keyword in the prompt; records every prompt it was asked."""
+    """A `Decider` answering by keyword in the log input; records every input it was asked."""
 
+    kind = "generate"
     model_id = "scripted"
     prompt_version = "test"
 
     def __init__(self) -> None:
-        self.asked: list[str] = []
+        self.asked: list[str | tuple[str, ...]] = []
 
-    def classify(self, conversations):
+    def decide(self, inputs):
         out = []
-        for conv in conversations:
-            text = conv[-1]["content"]
-            self.asked.append(text)
+        for log in inputs:
+            text = log if isinstance(log, str) else "\n".join(log)
+            self.asked.append(log)
             if "garbled" in text:
-                out.append(Judgement("unknown", None, "unparseable: no <answer>", 0.01, 3, "???"))
+                out.append(Judgement("unknown", None, "unparseable: no <answer>", 0.01, 3, "???", decision="generate"))
             elif "failed" in text:
-                out.append(Judgement("abnormal", "The write failed, so data is at risk.", None, 0.02, 1, "raw"))
+                out.append(Judgement("abnormal", "The write failed, so data is at risk.", None, 0.02, 1, "raw",
+                                     decision="generate", rationale_source="model"))
             else:
-                out.append(Judgement("normal", "Routine progress message.", None, 0.01, 1, "raw"))
+                out.append(Judgement("normal", "Routine progress message.", None, 0.01, 1, "raw",
+                                     decision="generate", rationale_source="model"))
         return out
+
+    def close(self) -> None:
+        pass
 
 
 def window(key: str, templates: dict[str, str], sequence: tuple[str, ...] | None = None) -> Window:
@@ -88,10 +93,8 @@ def test_window_mode_sends_the_sequence_and_caps_it():
     judge = WindowJudge(classifier, JudgeSettings(mode=JudgeMode.WINDOW, window_max_templates=4), DetectorMetrics())
     seq = ("t1",) * 3 + ("t2",) + ("t1",) * 6
     (j,) = judge.judge([window("a", {"t1": "block received", "t2": "write failed"}, seq)])
-    prompt = classifier.asked[0]
-    # ten lines, cap four: the first two and the last two, collapsed into one run
-    assert "write failed" not in prompt
-    assert prompt.count("block received") == 1 and "(×4)" in prompt
+    # ten lines, cap four: the first two and the last two, as the window's sequence
+    assert classifier.asked[0] == ("block received",) * 4
     assert j.label == "normal"
     (short,) = judge.judge([window("b", {"t1": "block received", "t2": "write failed"}, ("t1", "t2", "t1"))])
     assert short.label == "abnormal" and short.rationale
@@ -118,7 +121,7 @@ def test_worker_turns_a_crashing_judge_into_unknown_verdicts():
         model_id = "x"
         prompt_version = "x"
 
-        def classify(self, conversations):
+        def decide(self, inputs):
             raise RuntimeError("backend fell over")
 
     metrics = DetectorMetrics()
@@ -157,9 +160,9 @@ def test_cache_persists_for_the_same_model_and_prompt_only(tmp_path):
 
 def test_verdicts_leave_in_the_order_their_windows_closed():
     class SlowFirst(ScriptedClassifier):
-        def classify(self, conversations):
+        def decide(self, inputs):
             time.sleep(0.05)
-            return super().classify(conversations)
+            return super().decide(inputs)
 
     metrics = DetectorMetrics()
     settings = JudgeSettings(max_batch=2, max_wait_ms=0)
@@ -180,10 +183,9 @@ def test_verdicts_leave_in_the_order_their_windows_closed():
 class ConfidentClassifier(ScriptedClassifier):
     """Like ScriptedClassifier, with the confidence a rank decision attaches: the number after '@'."""
 
-    def classify(self, conversations):
+    def decide(self, inputs):
         out = []
-        for judgement, conv in zip(super().classify(conversations), conversations):
-            log = read_log(conv)
+        for judgement, log in zip(super().decide(inputs), inputs):
             text = log if isinstance(log, str) else " ".join(log)
             conf = float(text.rsplit("@", 1)[1]) if "@" in text else None
             out.append(Judgement(judgement.label, judgement.rationale, judgement.reason, judgement.latency_s,
@@ -228,12 +230,12 @@ class AwayThenBack(ScriptedClassifier):
         self.away_calls = away_calls
         self.calls = 0
 
-    def classify(self, conversations):
+    def decide(self, inputs):
         self.calls += 1
         if self.calls <= self.away_calls:
             return [Judgement("unknown", None, "backend error: connection error", 0.0, 2, None, unavailable=True)
-                    for _ in conversations]
-        return super().classify(conversations)
+                    for _ in inputs]
+        return super().decide(inputs)
 
 
 def _drain(worker: JudgeWorker, until_s: float) -> list:
@@ -278,3 +280,40 @@ def test_unknown_policy_and_a_passed_deadline_publish_unknown_with_the_reason():
         assert (judged.label, judged.reason) == ("unknown", "t2: backend error: connection error")
         assert not worker.holding and metrics.model_degraded._value.get() == 1  # noqa: SLF001
         assert judge.cache.get("t2") is None  # an outage is never a template's verdict
+
+
+class MixedSources(ScriptedClassifier):
+    """Rank-like answers: a draft for 'write' templates, the model's own words for 'read' ones."""
+
+    kind = "rank"
+
+    def decide(self, inputs):
+        out = []
+        for judgement, log in zip(super().decide(inputs), inputs):
+            source = "draft" if "write" in log else "model"
+            note = "explanation failed its check" if source == "draft" else None
+            out.append(Judgement(judgement.label, judgement.rationale, judgement.reason, judgement.latency_s,
+                                 judgement.attempts, judgement.raw, decision="rank",
+                                 rationale_source=source if judgement.rationale else None, rationale_note=note))
+        return out
+
+
+def test_a_windows_provenance_comes_from_its_abnormal_templates_and_survives_the_cache(tmp_path):
+    judge = WindowJudge(MixedSources(), JudgeSettings(), DetectorMetrics())
+    mixed, model_only, normal = judge.judge([
+        window("a", {"t1": "write failed", "t2": "read failed", "t3": "block received"}),
+        window("b", {"t2": "read failed", "t3": "block received"}),
+        window("c", {"t3": "block received"}),
+    ])
+    assert (mixed.decision, mixed.rationale_source) == ("rank", "draft")  # one part is a draft
+    assert mixed.template_sources == {"t1": "draft", "t2": "model"}
+    assert mixed.rationale_note == "t1: explanation failed its check"
+    assert (model_only.rationale_source, model_only.rationale_note) == ("model", None)
+    assert (normal.decision, normal.rationale_source, normal.template_sources) == ("rank", None, {})
+    path = tmp_path / "templates.json"
+    judge.cache.save(path, "m", "p")
+    again = WindowJudge(MixedSources(), JudgeSettings(), DetectorMetrics())
+    assert again.cache.load(path, "m", "p") == 3
+    hit = again.judge_cached(window("d", {"t1": "write failed", "t2": "read failed"}))
+    assert hit is not None and (hit.decision, hit.rationale_source, hit.template_sources) == (
+        "rank", "draft", {"t1": "draft", "t2": "model"})

@@ -15,10 +15,9 @@ import orjson
 import pytest
 
 import rationanomaly.model.ranking as ranking
-import rationanomaly.stream.engine as engine
 from rationanomaly.model.backends import Generation
 from rationanomaly.model.loading import model_label
-from rationanomaly.model.ranking import RankingBackend
+from rationanomaly.model.decision import RankDecider
 from rationanomaly.stream.replay import replay_files
 from rationanomaly.stream.settings import load_settings
 
@@ -71,13 +70,13 @@ def ids(verdicts: list[dict]) -> list[str]:
 
 
 def test_each_ingredient_of_a_verdict_changes_its_id(hdfs_2k: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reference = replay(hdfs_2k, RankingBackend(LengthScorer(), threshold=-1.2113))
+    reference = replay(hdfs_2k, RankDecider(LengthScorer(), threshold=-1.2113))
     assert len(reference) > 100
-    assert ids(replay(hdfs_2k, RankingBackend(LengthScorer(), threshold=-1.2113))) == ids(reference)  # stable
+    assert ids(replay(hdfs_2k, RankDecider(LengthScorer(), threshold=-1.2113))) == ids(reference)  # stable
     variants = {
-        "threshold": lambda: RankingBackend(LengthScorer(), threshold=-1.2),
-        "adapter content": lambda: RankingBackend(LengthScorer("base+adapter@111111111111"), threshold=-1.2113),
-        "base model": lambda: RankingBackend(LengthScorer("other-base+adapter@000000000000"), threshold=-1.2113),
+        "threshold": lambda: RankDecider(LengthScorer(), threshold=-1.2),
+        "adapter content": lambda: RankDecider(LengthScorer("base+adapter@111111111111"), threshold=-1.2113),
+        "base model": lambda: RankDecider(LengthScorer("other-base+adapter@000000000000"), threshold=-1.2113),
         "decision kind": lambda: GenerateBackend(LengthScorer().model_id),
     }
     for ingredient, backend in variants.items():
@@ -88,10 +87,10 @@ def test_each_ingredient_of_a_verdict_changes_its_id(hdfs_2k: Path, monkeypatch:
         assert not set(ids(changed)) & set(ids(reference)), f"{ingredient} left verdict ids unchanged"
     with monkeypatch.context() as patch:
         patch.setattr(ranking, "DRAFTS_VERSION", "ra-drafts-next")
-        assert not set(ids(replay(hdfs_2k, RankingBackend(LengthScorer(), threshold=-1.2113)))) & set(ids(reference))
+        assert not set(ids(replay(hdfs_2k, RankDecider(LengthScorer(), threshold=-1.2113)))) & set(ids(reference))
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "PROMPT_VERSION", "ra-prompt-next")
-        assert not set(ids(replay(hdfs_2k, RankingBackend(LengthScorer(), threshold=-1.2113)))) & set(ids(reference))
+        patch.setattr(RankDecider, "prompt_version", "ra-prompt-next")
+        assert not set(ids(replay(hdfs_2k, RankDecider(LengthScorer(), threshold=-1.2113)))) & set(ids(reference))
 
 
 def test_adapter_content_changes_the_model_label(tmp_path: Path) -> None:
@@ -107,20 +106,22 @@ def test_adapter_content_changes_the_model_label(tmp_path: Path) -> None:
 def test_the_cache_serves_only_its_own_decision_and_keeps_confidence(hdfs_2k: Path, tmp_path: Path) -> None:
     cache = tmp_path / "templates.json"
     scorer = LengthScorer()
-    fresh = replay(hdfs_2k, RankingBackend(scorer, threshold=-1.2113), cache)
+    fresh = replay(hdfs_2k, RankDecider(scorer, threshold=-1.2113), cache)
     asked = scorer.pairs
     assert asked > 0 and cache.exists()
     assert all(v["confidence"] is not None for v in fresh)
 
     # A restart with the same decision: every template from the saved cache, confidences intact.
     again = LengthScorer()
-    restarted = replay(hdfs_2k, RankingBackend(again, threshold=-1.2113), cache)
+    restarted = replay(hdfs_2k, RankDecider(again, threshold=-1.2113), cache)
     assert again.pairs == 0
-    assert [(v["verdict_id"], v["verdict"], v["confidence"]) for v in restarted] == [
-        (v["verdict_id"], v["verdict"], v["confidence"]) for v in fresh
+    assert [(v["verdict_id"], v["verdict"], v["confidence"], v["decision"], v["rationale_source"]) for v in restarted] == [
+        (v["verdict_id"], v["verdict"], v["confidence"], v["decision"], v["rationale_source"]) for v in fresh
     ]
+    assert {v["decision"] for v in fresh} == {"rank"}
+    assert {v["rationale_source"] for v in fresh if v["verdict"] == "abnormal"} == {"draft"}
 
     # Another threshold: the saved answers were made under the old one, so none is served.
     moved = LengthScorer()
-    replay(hdfs_2k, RankingBackend(moved, threshold=0.5), cache)
+    replay(hdfs_2k, RankDecider(moved, threshold=0.5), cache)
     assert moved.pairs == asked

@@ -146,8 +146,8 @@ def test_a_published_rationale_carries_no_markup_in_any_format() -> None:
     class Echoing:
         model_id, prompt_version = "m", "p"
 
-        def classify(self, conversations):  # a model that repeats the payload in its rationale
-            return [Judgement("abnormal", f"The log says {hostile}", None, 0.01, 1, "raw") for _ in conversations]
+        def decide(self, inputs):  # a model that repeats the payload in its rationale
+            return [Judgement("abnormal", f"The log says {hostile}", None, 0.01, 1, "raw") for _ in inputs]
 
     w = Window(kind=WindowKind.SESSION, key="blk_1", start_ms=0, end_ms=1, lines=1, sequence=("tX",),
                templates={"tX": hostile}, offsets=(OffsetRange(0, 0, 0),), topic="logs")

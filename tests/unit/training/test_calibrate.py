@@ -62,9 +62,9 @@ def test_sample_weights_restore_each_real_splits_label_mix() -> None:
 def test_calibrate_command_writes_a_decision_the_backend_reads(tmp_path) -> None:
     from typer.testing import CliRunner
 
-    from rationanomaly.model.backends import make_backend
+    from rationanomaly.model.decision import RankDecider, make_decider
     from rationanomaly.model.loading import shipped_adapter_dir
-    from rationanomaly.model.ranking import DECISION_FILE, RankingBackend
+    from rationanomaly.model.ranking import DECISION_FILE
     from rationanomaly.model.settings import BackendSettings
     from rationanomaly.training.cli import app
 
@@ -82,9 +82,9 @@ def test_calibrate_command_writes_a_decision_the_backend_reads(tmp_path) -> None
     # Never worse on its own sample than the uncalibrated decision it started from.
     mean = lambda f1s: sum(f1s.values()) / len(f1s)  # noqa: E731
     assert mean(decision["train_f1"]) >= mean(decision["train_f1_at_zero"])
-    backend = make_backend(BackendSettings(device="cpu", adapter=str(adapter)))
-    assert isinstance(backend, RankingBackend) and backend.threshold == decision["threshold"]
-    backend.close()
+    decider = make_decider(BackendSettings(device="cpu", adapter=str(adapter)))
+    assert isinstance(decider, RankDecider) and decider.threshold == decision["threshold"]
+    decider.close()
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rationanomaly.model.classifier import Judgement
+from rationanomaly.model.judgement import Judgement
 from rationanomaly.training.data import load_split
 from rationanomaly.training.evaluate import compute_metrics, judge_examples, sessions_by_template_rule
 
@@ -12,12 +12,14 @@ class KeywordClassifier:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.inputs: list[str | tuple[str, ...]] = []
 
-    def classify(self, conversations):
+    def decide(self, inputs):
         out = []
-        for conv in conversations:
-            text = conv[-1]["content"]
+        for log in inputs:
+            text = log if isinstance(log, str) else "\n".join(log)
             self.seen.append(text)
+            self.inputs.append(log)
             label = "abnormal" if "exception" in text.lower() else "normal"
             out.append(Judgement(label, f"Conclusion: {label}.", None, 0.1, 1, None))
         return out
@@ -40,5 +42,6 @@ def test_window_mode_reads_the_sequence() -> None:
     sessions = load_split("hdfs_dev")[:5]
     classifier = KeywordClassifier()
     results = judge_examples(sessions, classifier)
-    assert len(results) == 5 and all("\n1. " in text for text in classifier.seen)
+    assert len(results) == 5
+    assert sorted(classifier.inputs) == sorted(tuple(s.templates) for s in sessions)  # each whole sequence
     assert [r.id for r in results] == [s.example_id for s in sessions]
