@@ -53,7 +53,7 @@ def _template_settings() -> dict[str, str]:
 
 def test_the_services(compose):
     # Monitoring beside the detector: tests/unit/test_deploy.py checks how it is wired.
-    assert set(compose["services"]) == {"kafka", "vllm", "detector", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"kafka", "topics", "vllm", "detector", "prometheus", "grafana"}
 
 
 def test_kafka_is_the_release_the_tests_run(compose):
@@ -155,7 +155,8 @@ def test_detector_settings_accept_the_compose_environment(compose, monkeypatch):
     assert settings.backend.base_url == "http://vllm:8000/v1"
     assert settings.backend.model == "rationanomaly"
     assert settings.metrics.port == 9108
-    assert str(settings.checkpoint.dir) == env["RATIONANOMALY_CHECKPOINT__DIR"]
+    # replicas keep their state in Kafka, where any of them can restore any partition
+    assert settings.state.store == "kafka" and "RATIONANOMALY_CHECKPOINT__DIR" not in env
 
 
 def test_the_commented_rank_variant_is_served_and_is_valid_settings(compose, monkeypatch):
@@ -183,11 +184,42 @@ def test_detector_depends_on_healthy_services_and_publishes_metrics(compose):
     detector = compose["services"]["detector"]
     assert detector["depends_on"] == {
         "kafka": {"condition": "service_healthy"},
+        "topics": {"condition": "service_completed_successfully"},
         "vllm": {"condition": "service_healthy"},
     }
-    assert _published(detector)[9108] == 9108
+    assert 9108 in _published_ranges(detector)[9108]
     assert detector["build"]["context"] == "."
     assert (REPO / detector["build"].get("dockerfile", "Dockerfile")).is_file()
+
+
+def _published_ranges(service: dict) -> dict[int, range]:
+    """container port -> the host ports it may take ("9108-9117:9108": one per replica)."""
+    out = {}
+    for spec in service.get("ports", []):
+        host, container = str(spec).rsplit(":", 2)[-2:]
+        first, _, last = host.partition("-")
+        out[int(container)] = range(int(first), int(last or first) + 1)
+    return out
+
+
+def test_detector_scales_out_against_one_vllm(compose):
+    """`docker compose up --scale detector=3`: three replicas in one consumer group, one vLLM."""
+    services = compose["services"]
+    detector, vllm = services["detector"], services["vllm"]
+    # a fixed container name or a single host port would refuse a second replica
+    assert "container_name" not in detector
+    assert len(_published_ranges(detector)[9108]) >= 3
+    # no volume shared between replicas: their state is in Kafka (stream/README.md, "Deployment")
+    assert not detector.get("volumes")
+    env = _env(detector)
+    assert "RATIONANOMALY_OUTPUT__TRANSACTIONAL_ID" not in env  # per replica: its host name (stream/app.py)
+    # the input topic exists with room for the replicas before any of them starts
+    cmd = [str(part) for part in services["topics"]["command"]]
+    assert cmd[cmd.index("--topic") + 1] == env["RATIONANOMALY_INPUT__TOPIC"]
+    assert int(cmd[cmd.index("--partitions") + 1]) >= 3 and "--if-not-exists" in cmd
+    # one model server for all of them
+    assert vllm.get("deploy", {}).get("replicas", 1) == 1
+    assert env["RATIONANOMALY_BACKEND__BASE_URL"] == "http://vllm:8000/v1"
 
 
 def test_dockerfile_builds_the_package_and_runs_the_detector():

@@ -173,10 +173,11 @@ def test_compose_prometheus_scrapes_the_detector_and_loads_the_rules(compose):
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "rationanomaly"  # the `job` RationanomalyDown selects
     assert 'job="rationanomaly"' in next(q for q in rule_queries() if "up{" in q)
-    (target,) = job["static_configs"][0]["targets"]
-    host, port = target.split(":")
+    # every replica of `--scale detector=N`, found through Docker's DNS for the service name
+    (sd,) = job["dns_sd_configs"]
     detector = compose["services"]["detector"]
-    assert host == "detector" and port == detector["environment"]["RATIONANOMALY_METRICS__PORT"]
+    assert sd["names"] == ["detector"] and sd["type"] == "A"
+    assert str(sd["port"]) == detector["environment"]["RATIONANOMALY_METRICS__PORT"]
 
 
 def test_compose_grafana_provisions_the_datasource_and_the_dashboard(compose):
