@@ -107,3 +107,46 @@ def test_marks_kept_below_the_commit_restore_what_a_restart_does_not_re_read() -
     assert restored.take(2, (0, 12), "k") and restored.take(3, (0, 13), "k")
     # ... and copies forwarded after a crash of the input's owner are dropped, below or above the commit
     assert not restored.take(4, (0, 11), "k") and not restored.take(5, (0, 13), "k")
+
+
+# -- a revoked partition publishes nothing more ----------------------------------------------------
+class _Answer:
+    """A model that answers every template normal at once: the bookkeeping is what is tested."""
+
+    model_id = "fixed-normal"
+
+    def generate(self, conversations):
+        from rationanomaly.model.backends import Generation
+
+        return [Generation(text="<think>routine.</think> <answer>normal</answer>", latency_s=0.0) for _ in conversations]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_revoked_partition_never_publishes_its_windows_still_with_the_model(tmp_path) -> None:
+    import io
+
+    from rationanomaly.stream.engine import build_engine
+    from rationanomaly.stream.siem import OutputFormat
+    from rationanomaly.stream.sinks import JsonlSink
+
+    settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, state={"store": "local"})
+    out = io.BytesIO()
+    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=_Answer())
+    pipeline = engine.pipeline
+    try:
+        for partition in (0, 1):
+            for offset in range(3):
+                line = f"081109 2035{offset:02d} 35 INFO dfs.FSNamesystem: BLOCK* allocateBlock: blk_{partition}".encode()
+                pipeline.feed(line, None, SourceRef("g-repartition", partition, offset), None, 0.0)
+        pipeline.finish()  # both windows closed and handed to the model
+        assert pipeline.in_flight == 2
+        pipeline.drop(0)  # partition 0 revoked while its window is with the model
+        assert engine.worker.wait_idle(30)
+        pipeline.publish(0)
+    finally:
+        engine.close()
+    published = [line for line in out.getvalue().splitlines() if line]
+    assert len(published) == 1 and b'"blk_1"' in published[0]
+    assert pipeline.in_flight == 0 and pipeline.committable(0) is None and pipeline.committable(1) == 3
