@@ -107,7 +107,7 @@ class Pipeline:
             produced=dict(checkpoint.produced),
             replay_until=max(checkpoint.produced.values(), default=-1),
             joiner=self._joiner(),
-            upstream=UpstreamMarks.restore(getattr(checkpoint, "upstream", None)),
+            upstream=UpstreamMarks.restore(checkpoint.upstream),
         )
         self._states[partition] = state
         log.info("partition_restored", partition=partition, offset=checkpoint.offset, templates=state.parser.size)
@@ -128,11 +128,8 @@ class Pipeline:
         # Only windows whose lines may be read again (at or after the committed offset) matter.
         produced = {k: last for k, last in state.produced.items() if last >= offset}
         state.produced = produced
-        checkpoint = Checkpoint(offset=offset, watermark_ms=state.watermark_ms, parser=state.parser.snapshot(), produced=produced)
-        marks = state.upstream.below(offset)
-        if marks and "upstream" in Checkpoint.__dataclass_fields__:  # the field lands with issue 19's state work
-            checkpoint.upstream = marks
-        return checkpoint
+        return Checkpoint(offset=offset, watermark_ms=state.watermark_ms, parser=state.parser.snapshot(),
+                          produced=produced, upstream=state.upstream.below(offset))  # fmt: skip
 
     def drop(self, partition: int) -> None:
         """A revoked partition: its open windows are abandoned, and so are its windows still with
