@@ -20,7 +20,7 @@ from drain3 import TemplateMiner
 from drain3.drain import LogCluster
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rationanomaly.stream.records import Template
 
@@ -28,21 +28,79 @@ log = structlog.get_logger(__name__)
 
 SNAPSHOT_FORMAT = "rationanomaly.drain3/1"
 
+# Drain3 keeps every template it makes unless capped, and a line family with random tokens makes
+# one per line: each partition's miner is capped (least recently used templates go; one that
+# returns is re-mined under the same content-hash id). `parsing.max_clusters: null` lifts it.
+DEFAULT_MAX_TEMPLATES = 5_000
+
+
+class MaskRule(BaseModel):
+    """One masking rule, spelt as in drain3.ini: matches of `regex_pattern` become `<mask_with>`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    regex_pattern: str
+    mask_with: str
+
+    @model_validator(mode="after")
+    def _compiles(self) -> MaskRule:
+        try:
+            MaskingInstruction(self.regex_pattern, self.mask_with)
+        except Exception as exc:  # re.error, with the rule named
+            raise ValueError(f"masking rule {self.mask_with!r} is not a valid regex: {exc}") from None
+        return self
+
+
+class ProfileParsing(BaseModel):
+    """What a format profile tunes in template mining for its logs (FormatProfile.parsing).
+
+    A system's lines have their own variables (a proxy's "1.2 KB", a launchd job name) and their
+    own shape (short lines whose one differing word is the event): its profile may add masking
+    rules, which run before the masking file's, and set Drain's similarity, depth and delimiters.
+    What a user sets under `parsing` themselves wins over the profile's values.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    masking: tuple[MaskRule, ...] = ()
+    sim_th: float | None = Field(None, gt=0, le=1)
+    depth: int | None = Field(None, ge=3)
+    extra_delimiters: tuple[str, ...] | None = None
+
 
 class ParsingSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Drain3 ships 0.4. At 0.7 two lines share a template only if 70% of their tokens agree
-    # (masked values count as agreeing): short templates that differ in one word ("VM Paused",
-    # "VM Resumed") stay apart. Mean grouping accuracy on the 16 loghub samples 0.766 -> 0.816,
-    # none lower (bench/parsing_accuracy.py).
+    # (masked values count as agreeing). Mean grouping accuracy on the 16 loghub samples 0.766 ->
+    # 0.816, none lower (bench/parsing_accuracy.py). A profile may tune sim_th, depth and
+    # extra_delimiters for its logs (ProfileParsing): with the built-in profiles' tuning, 0.944.
     sim_th: float = Field(0.7, gt=0, le=1)
     depth: int = Field(4, ge=3)
     max_children: int = Field(100, ge=2)
-    max_clusters: int | None = Field(None, ge=1)  # None: unbounded; else least recently used go
+    max_clusters: int | None = Field(DEFAULT_MAX_TEMPLATES, ge=1)  # None: unbounded; else least recently used go
     extra_delimiters: tuple[str, ...] = ()
     parametrize_numeric_tokens: bool = True
     masking_file: Path | None = None  # None: the packaged stream/drain3.ini
+    # The profile's own rules, run before the masking file's; set by `tuned_by` from the profile
+    # the detector runs with (DetectorSettings does it), not meant to be written by hand.
+    profile_masking: tuple[MaskRule, ...] = ()
+
+    def tuned_by(self, tuning: ProfileParsing | None) -> ParsingSettings:
+        """These settings with a profile's tuning under them: each of sim_th, depth and
+        extra_delimiters the user did not set comes from the profile where it sets one, else is
+        the default; the profile's masking rules replace any earlier profile's. So applying it
+        again changes nothing, and another profile's tuning replaces this one's."""
+        user_set = set(self.model_fields_set)
+        update: dict[str, object] = {"profile_masking": () if tuning is None else tuning.masking}
+        for name in ("sim_th", "depth", "extra_delimiters"):
+            if name not in user_set:
+                value = None if tuning is None else getattr(tuning, name)
+                update[name] = type(self).model_fields[name].default if value is None else value
+        tuned = self.model_copy(update=update)
+        # What the profile filled in stays "not set by the user", so a later profile replaces it.
+        object.__setattr__(tuned, "__pydantic_fields_set__", user_set)
+        return tuned
 
 
 class MaskingConfigError(ValueError):
@@ -155,7 +213,12 @@ class TemplateParser:
 
     def __init__(self, settings: ParsingSettings, masking: Masking | None = None) -> None:
         self._settings = settings
-        self._masking = masking if masking is not None else load_masking(settings.masking_file)
+        if masking is None:
+            masking = load_masking(settings.masking_file)
+            if settings.profile_masking:
+                own = tuple((r.regex_pattern, r.mask_with) for r in settings.profile_masking)
+                masking = masking.model_copy(update={"rules": own + masking.rules})
+        self._masking = masking
         self._miner = TemplateMiner(persistence_handler=None, config=_miner_config(settings, self._masking))
         # The hot path calls the masker and Drain directly: TemplateMiner.add_log_message also
         # builds a result dict and joins the template text on every line.

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from rationanomaly.stream.multiline import STACK_TRACES, MultilineSettings
+from rationanomaly.stream.parsing import MaskRule, ProfileParsing
 from rationanomaly.stream.records import DeadLetter, Header, Label, LogRecord
 
 _STAGE = "profile"
@@ -84,6 +85,9 @@ class FormatProfile(BaseModel):
     # How continuation lines (stack traces) join the line that starts their event; None: every
     # line is an event. See stream/multiline.py.
     multiline: MultilineSettings | None = None
+    # This format's own masking rules and Drain settings (stream/parsing.py ProfileParsing);
+    # None: the shared masking file and `parsing` settings alone.
+    parsing: ProfileParsing | None = None
 
     @model_validator(mode="after")
     def _fields_exist(self) -> FormatProfile:
@@ -174,6 +178,9 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
             default_year=2017,  # not in the lines; override for your own syslog
             host_field="Host",
             component_field="Component",
+            # sshd's lines share their first word ("Failed password", "Failed none"): Drain
+            # routes by the first two tokens instead of one.
+            parsing=ProfileParsing(depth=5),
         ),
         FormatProfile(
             name="linux",
@@ -219,6 +226,95 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
             level_field="Level",
             component_field="Component",
             multiline=STACK_TRACES,
+            parsing=ProfileParsing(
+                # A request's client: one address or a forwarded-for list, the same variable.
+                masking=(
+                    MaskRule(
+                        regex_pattern=r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?:,\d{1,3}(?:\.\d{1,3}){3})+(?![\w.])",
+                        mask_with="IP",
+                    ),
+                ),
+                # Nova's lifecycle events differ by one word ("VM Paused", "VM Resumed"; "Instance
+                # spawned" or "destroyed successfully"), a seventh of a short line.
+                sim_th=0.9,
+            ),
+        ),
+        FormatProfile(
+            name="android",
+            log_format="<Date> <Time> <Pid> <Tid> <Level> <Component>: <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%m-%d %H:%M:%S.%f",
+            default_year=2017,  # logcat prints no year; override for your own
+            level_field="Level",
+            component_field="Component",
+            multiline=STACK_TRACES,
+            # Framework lines are short and differ by a word or a flag name.
+            parsing=ProfileParsing(sim_th=0.9),
+        ),
+        FormatProfile(
+            name="apache",
+            log_format=r"\[<Weekday> <Month> <Day> <Time> <Year>\] \[<Level>\] <Content>",
+            timestamp_fields=("Weekday", "Month", "Day", "Time", "Year"),
+            timestamp_format="%a %b %d %H:%M:%S %Y",
+            level_field="Level",
+        ),
+        FormatProfile(
+            name="hpc",
+            log_format="<LogId> <Node> <Component> <State> <Timestamp> <Flag> <Content>",
+            timestamp_fields=("Timestamp",),
+            timestamp_format=EPOCH_S,
+            host_field="Node",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="healthapp",
+            log_format=r"<Timestamp>\|<Component>\|<Pid>\|<Content>",
+            timestamp_fields=("Timestamp",),
+            timestamp_format="%Y%m%d-%H:%M:%S:%f",
+            component_field="Component",
+        ),
+        FormatProfile(
+            name="mac",
+            log_format=r"<Month> <Day> <Time> <Host> <Component>(\[<Pid>\])?( \(<Address>\))?: <Content>",
+            timestamp_fields=("Month", "Day", "Time"),
+            timestamp_format="%b %d %H:%M:%S",
+            default_year=2017,  # syslog prints no year; loghub's Mac sample is from 2017
+            host_field="Host",
+            component_field="Component",
+            parsing=ProfileParsing(sim_th=0.9, depth=5),
+        ),
+        FormatProfile(
+            name="proxifier",
+            log_format=r"\[<Date> <Time>\] <Program> - <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format="%m.%d %H:%M:%S",
+            default_year=2016,  # Proxifier prints no year; override for your own
+            component_field="Program",
+            parsing=ProfileParsing(
+                # Its events differ by a word or two on lines of a dozen tokens ("HTTPS" or
+                # "SOCKS5"; "could not resolve" or "connection attempt failed").
+                sim_th=0.9,
+                masking=(
+                    # a connection's lifetime: "<1 sec", "00:01", "01:02:03"
+                    MaskRule(regex_pattern=r"<1 sec|(?<![\w:.])\d+:\d\d(?::\d\d)?(?![\w:])", mask_with="DURATION"),
+                    # "0 bytes" and "1024 bytes (1.0 KB)": one amount, whichever way it is written
+                    MaskRule(regex_pattern=r"(?<![\w.])\d+ bytes(?: \(\d+(?:\.\d+)? [KMGT]B\))?", mask_with="SIZE"),
+                    # The far end of a connection: a host name or address before ":port"...
+                    MaskRule(regex_pattern=r"(?<![\w.-])[A-Za-z0-9][\w-]*(?:\.[\w-]+)*(?=:\d+(?![\w.]))", mask_with="HOST"),
+                    # ... or a dotted host name alone (the program is in the header, not here)
+                    MaskRule(regex_pattern=r"(?<![\w.-])[A-Za-z0-9][\w-]*(?:\.[\w-]+)+(?![\w.-])", mask_with="HOST"),
+                ),
+            ),
+        ),
+        FormatProfile(
+            name="windows",
+            log_format="<Date> <Time>, <Level> <Component> <Content>",
+            timestamp_fields=("Date", "Time"),
+            timestamp_format=ISO8601,
+            level_field="Level",
+            component_field="Component",
+            # CBS and CSI lines differ by one verb ("Starting", "Ending") in a few tokens.
+            parsing=ProfileParsing(sim_th=0.85),
         ),
         # The whole line is content; the event time is the envelope's or the Kafka record's.
         FormatProfile(name="raw", log_format="<Content>"),

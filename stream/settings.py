@@ -16,8 +16,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from rationanomaly.model.settings import BackendSettings
 from rationanomaly.stream.decoding import DecodeSettings
-from rationanomaly.stream.parsing import ParsingSettings
-from rationanomaly.stream.profiles import ProfileSettings
+from rationanomaly.stream.parsing import DEFAULT_MAX_TEMPLATES, ParsingSettings  # noqa: F401 (the cap, re-exported)
+from rationanomaly.stream.profiles import ProfileSettings, resolve_profile
 from rationanomaly.stream.records import JudgeMode, ModelDownPolicy
 from rationanomaly.stream.siem import OutputFormat, Publish
 from rationanomaly.stream.windows import WindowSettings
@@ -186,12 +186,6 @@ class MetricsSettings(_Section):
     port: int | None = Field(9108, ge=0, le=65535)  # None disables the endpoint
 
 
-# Drain3 keeps every template it makes unless capped, and a line family with random tokens makes
-# one per line: the detector caps each partition's miner (least recently used templates go; one
-# that returns is re-mined under the same content-hash id). `parsing.max_clusters: null` lifts it.
-DEFAULT_MAX_TEMPLATES = 5_000
-
-
 class DetectorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RATIONANOMALY_",
@@ -203,7 +197,7 @@ class DetectorSettings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     input: InputSettings = InputSettings()
     profile: ProfileSettings = ProfileSettings()
-    parsing: ParsingSettings = ParsingSettings(max_clusters=DEFAULT_MAX_TEMPLATES)
+    parsing: ParsingSettings = ParsingSettings()
     windows: WindowSettings = WindowSettings()
     judging: JudgeSettings = JudgeSettings()
     backend: BackendSettings = BackendSettings()
@@ -212,6 +206,14 @@ class DetectorSettings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     state: StateSettings = StateSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+
+    @model_validator(mode="after")
+    def _profile_tunes_parsing(self) -> DetectorSettings:
+        # The profile's masking rules and Drain settings for its logs, under the user's own
+        # `parsing` values: `parsing` then holds what every partition's miner runs with.
+        tuned = self.parsing.tuned_by(resolve_profile(self.profile).parsing)
+        object.__setattr__(self, "parsing", tuned)  # frozen; this is construction
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -246,7 +248,4 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Detector
         from_file = loaded
     from_env = DetectorSettings().model_dump(exclude_unset=True)
     merged = _deep_merge(_deep_merge(from_file, from_env), overrides)
-    parsing = merged.get("parsing")
-    if parsing is None or (isinstance(parsing, dict) and "max_clusters" not in parsing):
-        merged["parsing"] = {**(parsing or {}), "max_clusters": DEFAULT_MAX_TEMPLATES}
     return DetectorSettings(**merged)
