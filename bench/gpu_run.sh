@@ -51,13 +51,13 @@ pack() {  # pack STAGE: its adapter (not checkpoints), log and reports → $OUT/
 
 evaluate() {  # evaluate STAGE ADAPTER: dev templates, no baselines (they are the same on every device)
   local stage=$1 adapter=$2
-  $T eval $DEV --model "$adapter" --decision generate --baselines '' --batch-size "$EVAL_BATCH" \
+  $T eval $DEV --adapter "$adapter" --decision generate --baselines '' --batch-size "$EVAL_BATCH" \
     ${EVAL_LIMIT:+--limit $EVAL_LIMIT} --label "$stage" --report "$WORK/$stage/eval/report.json" >"$WORK/$stage/eval.log" 2>&1
   stamp "eval $stage: $(tail -n 4 "$WORK/$stage/eval.log" | grep -m1 '^precision' || echo failed)"
   # The rank decision: threshold from the train splits, then the same dev files.
   $T calibrate --adapter "$adapter" --batch-size "$EVAL_BATCH" --normal-per-dataset "$CALIBRATE_NORMAL" \
     ${CALIBRATE_ABNORMAL:+--abnormal-per-dataset $CALIBRATE_ABNORMAL} >"$WORK/$stage/calibrate.log" 2>&1
-  $T eval $DEV --model "$adapter" --decision rank --baselines '' --batch-size "$EVAL_BATCH" \
+  $T eval $DEV --adapter "$adapter" --decision rank --baselines '' --batch-size "$EVAL_BATCH" \
     ${EVAL_LIMIT:+--limit $EVAL_LIMIT} --label "$stage-rank" --report "$WORK/$stage/eval_rank/report.json" >"$WORK/$stage/eval_rank.log" 2>&1
   stamp "eval $stage rank ($(tail -n 1 "$WORK/$stage/calibrate.log")): $(tail -n 4 "$WORK/$stage/eval_rank.log" | grep -m1 '^precision' || echo failed)"
 }

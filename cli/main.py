@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rationanomaly.cli.logs import configure_logging
+from rationanomaly.cli.options import DetectorFlags, detector_options
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -25,7 +26,6 @@ app.add_typer(model_app, name="model")
 profile_app = typer.Typer(no_args_is_help=True, help="Log format profiles: infer one from your own logs.")
 app.add_typer(profile_app, name="profile")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file (sections as in DetectorSettings)")]
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")]
 
 
@@ -64,42 +64,9 @@ def _settings(config: Path | None, flags: dict[str, Any]):
         raise typer.Exit(2) from exc
 
 
-def _common_flags(profile, mode, window, output_format, backend, model, adapter, base_url, decision=None) -> dict[str, Any]:
-    return {
-        "profile.name": profile,
-        "judging.mode": mode,
-        "windows.kind": window,
-        "output.format": output_format,
-        "backend.kind": backend,
-        "backend.model": model,
-        "backend.adapter": adapter,
-        "backend.base_url": base_url,
-        "backend.decision": decision,
-    }
-
-
-Profile = Annotated[Optional[str], typer.Option(help="Log format profile (hdfs, bgl, thunderbird, openssh, linux, ...)")]
-Mode = Annotated[Optional[str], typer.Option(help="Judging mode: template (default) or window")]
-WindowKind = Annotated[Optional[str], typer.Option("--window", help="Window kind: session, count or time")]
-OutFormat = Annotated[Optional[str], typer.Option("--output-format", help="native, ecs or ocsf")]
-BackendKind = Annotated[Optional[str], typer.Option("--backend", help="transformers, openai or vllm")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="'default', a hub id, a path, or the served model name")]
-AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="LoRA adapter path, 'default' or 'none'")]
-DecisionOpt = Annotated[Optional[str], typer.Option("--decision", help="auto (rank if the adapter ships decision.json), generate or rank")]
-BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible server, e.g. http://vllm:8000/v1")]
-PublishOpt = Annotated[Optional[str], typer.Option("--publish", help="all, or abnormal: only alerts on the output")]
-PublishUnknown = Annotated[
-    Optional[bool], typer.Option("--publish-unknown/--no-publish-unknown", help="Publish windows the model could not judge")
-]
-
-
-def _adapter(value: str | None) -> str | None:
-    return None if value is None else ("" if value == "none" else value)
-
-
 @app.command()
+@detector_options
 def run(
-    config: ConfigOpt = None,
     bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers")] = None,
     input_topic: Annotated[Optional[str], typer.Option("--input-topic")] = None,
     output_topic: Annotated[Optional[str], typer.Option("--output-topic")] = None,
@@ -110,24 +77,15 @@ def run(
     checkpoint_dir: Annotated[Optional[Path], typer.Option("--checkpoint-dir")] = None,
     metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Prometheus port, 0 to disable")] = None,
     stop_at_eof: Annotated[bool, typer.Option("--stop-at-eof", help="Exit once every partition is read to its end")] = False,
-    profile: Profile = None,
-    mode: Mode = None,
-    window: WindowKind = None,
-    output_format: OutFormat = None,
-    backend: BackendKind = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-    base_url: BaseUrl = None,
-    decision: DecisionOpt = None,
-    publish: PublishOpt = None,
-    publish_unknown: PublishUnknown = None,
     full_topic: Annotated[Optional[str], typer.Option("--full-topic", help="Every verdict here too, beside a filtered output")] = None,
     full_format: Annotated[Optional[str], typer.Option("--full-format", help="native, ecs or ocsf, for --full-topic")] = None,
     log_level: LogLevel = "INFO",
+    *,
+    flags: DetectorFlags,
 ) -> None:
     """Consume log lines from Kafka, publish verdicts with rationales to the output topic."""
     configure_logging(log_level)
-    flags = {
+    overrides = {
         "kafka.bootstrap_servers": bootstrap,
         "kafka.group_id": group,
         "kafka.extra": _kafka_options(kafka_option) or None,
@@ -135,15 +93,13 @@ def run(
         "output.topic": output_topic,
         "output.dlq_topic": dlq_topic,
         "output.exactly_once": exactly_once,
-        "output.publish": publish,
-        "output.publish_unknown": publish_unknown,
         "output.full_topic": full_topic,
         "output.full_format": full_format,
         "checkpoint.dir": checkpoint_dir,
         "metrics.port": metrics_port,
-        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
+        **flags.settings_overrides(),
     }
-    settings = _settings(config, flags)
+    settings = _settings(flags.config, overrides)
     from rationanomaly.stream.app import Detector, RunLimits
 
     detector = Detector(settings, limits=RunLimits(stop_at_eof=stop_at_eof))
@@ -154,6 +110,7 @@ def run(
 
 
 @app.command()
+@detector_options
 def replay(
     files: Annotated[Optional[list[Path]], typer.Argument(help="Log files, plain or gzip")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Verdicts JSONL (default: stdout)")] = None,
@@ -162,29 +119,13 @@ def replay(
     stop: Annotated[Optional[str], typer.Option("--to", help="Offset, ISO time or @epoch-ms, exclusive")] = None,
     output_topic: Annotated[Optional[str], typer.Option("--output-topic", help="Where a topic replay publishes")] = None,
     bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers (topic replay)")] = None,
-    config: ConfigOpt = None,
-    profile: Profile = None,
-    mode: Mode = None,
-    window: WindowKind = None,
-    output_format: OutFormat = None,
-    backend: BackendKind = None,
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-    base_url: BaseUrl = None,
-    decision: DecisionOpt = None,
-    publish: PublishOpt = None,
-    publish_unknown: PublishUnknown = None,
     log_level: LogLevel = "WARNING",
+    *,
+    flags: DetectorFlags,
 ) -> None:
     """Run the same pipeline over history: files to JSONL, or a topic range to another topic."""
     configure_logging(log_level)
-    flags = {
-        "kafka.bootstrap_servers": bootstrap,
-        "output.publish": publish,
-        "output.publish_unknown": publish_unknown,
-        **_common_flags(profile, mode, window, output_format, backend, model, _adapter(adapter), base_url, decision),
-    }
-    settings = _settings(config, flags)
+    settings = _settings(flags.config, {"kafka.bootstrap_servers": bootstrap, **flags.settings_overrides()})
     from rationanomaly.stream.replay import replay_files, replay_topic
 
     if topic:

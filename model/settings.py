@@ -70,6 +70,14 @@ class BackendSettings(BaseModel):
             raise ValueError('model is empty: give a hub id, a local path, or "default"')
         return value
 
+    @field_validator("adapter")
+    @classmethod
+    def _no_adapter(cls, value: str | None) -> str | None:
+        # "none" (the command line's word) and "" (an emptied setting) both mean no adapter.
+        if value is not None and value.strip().lower() in ("", "none"):
+            return None
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _base_url_is_http(cls, value: str | None) -> str | None:

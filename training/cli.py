@@ -1,7 +1,8 @@
 """Typer commands for the training room; the project CLI mounts them.
 
 `app` carries `sft`, `grpo` and the `rationales` group (mounted as `rationanomaly train …`);
-`eval_command` is a top-level command (`rationanomaly eval DATA.jsonl --model M --report R`).
+`eval_command` is a top-level command, registered there only (`rationanomaly eval DATA.jsonl
+--model M --adapter A --report R`): it chooses the model with `run`'s words (`cli.options`).
 Heavy imports (torch, TRL) happen inside the commands so `--help` stays fast.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from rationanomaly.cli.options import AdapterOpt, BaseUrlOpt, DecisionOpt, ModelOpt, adapter_value
 from rationanomaly.training.sft import LORA_TARGETS
 
 app = typer.Typer(help="Train the verdict model: rationales, CoT-SFT, GRPO.", no_args_is_help=True)
@@ -308,7 +310,8 @@ def grpo_command(
 
 def eval_command(
     data: list[Path] = typer.Argument(..., help="templates/*.jsonl, sessions/*.jsonl or BGL *_structured.csv"),
-    model: str = typer.Option("default", help='"default" (base + shipped adapter), "base", an adapter dir, or an HF dir.'),
+    model: ModelOpt = "default",
+    adapter: AdapterOpt = "default",
     report: Path = typer.Option(Path("report.json"), help="Report JSON; .md and .png are written beside it."),
     baselines: str = typer.Option("tfidf,zero-shot", help="Comma-separated: tfidf, zero-shot; empty for none."),
     session_mode: str = typer.Option("template,window", help="For sessions files: template (paper's rule), window."),
@@ -316,27 +319,24 @@ def eval_command(
     batch_size: int = typer.Option(8),
     max_new_tokens: int = typer.Option(96),
     label: str = typer.Option("model", help="Name of the model under test in the report."),
-    decision: str = typer.Option("auto", help="generate | rank | auto (rank when the adapter ships decision.json)."),
+    decision: DecisionOpt = "auto",
     rank_threshold: float = typer.Option(None, help="Override the rank decision's calibrated threshold (nats)."),
-    base_url: str = typer.Option(None, help="Evaluate the model an OpenAI-compatible server serves there "
-                                 "(--model says which, for its tokenizer and decision.json)."),
+    base_url: BaseUrlOpt = None,
 ) -> None:
     """Precision, recall, F1, confusion matrix, format-valid and consistency rates, latency."""
     from rationanomaly.training.evaluate import EvalRequest, SessionMode, run_evaluation, write_report
 
     request = EvalRequest(
-        data=tuple(data), model=model, baselines=_splits(baselines),
+        data=tuple(data), model=model or "default", adapter=adapter_value(adapter), baselines=_splits(baselines),
         session_mode=tuple(SessionMode(m) for m in _splits(session_mode)),
         limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, label=label,
-        decision=decision, rank_threshold=rank_threshold, base_url=base_url,
+        decision=decision or "auto", rank_threshold=rank_threshold, base_url=base_url,
     )
     result = run_evaluation(request, items_path=report.with_suffix(".items.jsonl"))
     written = write_report(result, report)
     typer.echo(f"precision {result['precision']:.3f} recall {result['recall']:.3f} f1 {result['f1']:.3f}")
     typer.echo("\n".join(str(p) for p in written))
 
-
-app.command("eval")(eval_command)
 
 
 @app.command("combine")

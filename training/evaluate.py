@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from rationanomaly.training.data import ExampleKind, LogExample, load_any, load_split, log_input
-from rationanomaly.model.lexicon import stance
+from rationanomaly.training.stance import stance
 
 log = structlog.get_logger(__name__)
 
@@ -285,7 +285,8 @@ def train_split_for(example: LogExample) -> str:
 @dataclass(frozen=True)
 class EvalRequest:
     data: tuple[Path, ...]
-    model: str = "default"  # "default" (base + shipped adapter), "base", an adapter dir, or an HF dir
+    model: str = "default"  # the base model: "default", a hub id or a path (the served name with base_url)
+    adapter: str | None = "default"  # "default" (the shipped adapter), a directory, or None
     session_mode: tuple[SessionMode, ...] = (SessionMode.TEMPLATE, SessionMode.WINDOW)
     baselines: tuple[str, ...] = ("tfidf", "zero-shot")
     limit: int | None = None  # per file, first N (after a seeded shuffle for sessions)
@@ -299,34 +300,30 @@ class EvalRequest:
 
 
 def make_classifier(model: str, batch_size: int, max_new_tokens: int, decision: str = "auto",
-                    rank_threshold: float | None = None, base_url: str | None = None):
-    """Classifier over model/'s in-process backend (greedy, or the rank decision), no retries
-    (both are deterministic: a retry repeats the same answer). With `base_url`, over the server
-    there instead: `model` names what it serves, and an adapter's decision.json is read locally."""
-    from rationanomaly.model.backends import make_backend
-    from rationanomaly.model.classifier import Classifier
+                    rank_threshold: float | None = None, base_url: str | None = None, adapter: str | None = "default"):
+    """The `model.decision.Decider` under test, chosen with the detector's own words (`run`,
+    `replay` and `eval` alike): `model` is the base model ('default', a hub id or a path; with
+    `base_url`, the served model's name, 'default' asking the server) and `adapter` the LoRA
+    adapter ('default', a directory, or None). No retries: both decisions are deterministic, a
+    retry repeats the same answer. With `base_url` the server is judged; the adapter's
+    decision.json is read locally."""
+    from rationanomaly.model.decision import make_decider
     from rationanomaly.model.settings import BackendSettings
-    from rationanomaly.training.models import is_adapter_dir, resolve_base_model
+    from rationanomaly.training.models import resolve_base_model
 
-    if model == "base":
-        base, adapter = "default", None
-    elif model == "default":
-        base, adapter = "default", "default"
-    elif is_adapter_dir(model):
-        base, adapter = "default", model
-    else:
-        base, adapter = model, None
+    if model == "base" or _is_adapter(model):
+        raise ValueError(f"--model {model!r}: name the base model with --model and the adapter with --adapter "
+                         "('none' for the base model alone), as `rationanomaly run` does")
     if base_url is not None:
         served = BackendSettings(
-            kind="openai", base_url=base_url, model="default", adapter=adapter if decision == "rank" else None,
-            tokenizer=base if base == "default" else resolve_base_model(base),
-            max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size, timeout_s=300,
-            decision="rank" if decision == "rank" else "generate", rank_threshold=rank_threshold,
+            kind="openai", base_url=base_url, model=model, adapter=adapter if decision != "generate" else None,
+            tokenizer="default", max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
+            timeout_s=300, decision=decision, rank_threshold=rank_threshold,
         )  # fmt: skip
-        return Classifier(make_backend(served), retries=0)
+        return make_decider(served, retries=0)
     settings = BackendSettings(
         kind="transformers",
-        model=base if base == "default" else resolve_base_model(base),
+        model=model if model == "default" else resolve_base_model(model),
         adapter=adapter,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
@@ -335,7 +332,13 @@ def make_classifier(model: str, batch_size: int, max_new_tokens: int, decision: 
         decision=decision,
         rank_threshold=rank_threshold,
     )
-    return Classifier(make_backend(settings), retries=0)
+    return make_decider(settings, retries=0)
+
+
+def _is_adapter(path: str) -> bool:
+    from rationanomaly.training.models import is_adapter_dir
+
+    return is_adapter_dir(path)
 
 
 def _load_eval_file(path: Path, limit: int | None, seed: int) -> list[LogExample]:
@@ -370,9 +373,11 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
         if name not in classifiers:
             if name == "model":
                 classifiers[name] = make_classifier(request.model, request.batch_size, request.max_new_tokens,
-                                                    request.decision, request.rank_threshold, request.base_url)
+                                                    request.decision, request.rank_threshold, request.base_url,
+                                                    adapter=request.adapter)
             else:
-                classifiers[name] = make_classifier("base", request.batch_size, request.max_new_tokens, "generate")
+                classifiers[name] = make_classifier("default", request.batch_size, request.max_new_tokens, "generate",
+                                                    adapter=None)
         return classifiers[name]
 
     systems = ["model"] + [b for b in request.baselines if b == "zero-shot"]
@@ -409,6 +414,7 @@ def run_evaluation(request: EvalRequest, items_path: Path | None = None) -> dict
         **{k: overall[k] for k in ("precision", "recall", "f1")},
         "overall": overall,
         "model": request.model,
+        "adapter": request.adapter,
         "model_id": classifier("model").model_id if "model" in classifiers else None,
         "prompt_version": _prompt_version(),
         "data": [str(p) for p in request.data],

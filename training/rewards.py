@@ -20,7 +20,8 @@ from functools import lru_cache
 from typing import Any
 
 from rationanomaly.model.parser import ParsedVerdict, VerdictParseError, parse_verdict
-from rationanomaly.model.lexicon import has_fault_terms, stance
+from rationanomaly.model.lexicon import has_fault_terms
+from rationanomaly.training.stance import stance
 
 RewardFn = Callable[..., list[float]]
 

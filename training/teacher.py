@@ -15,7 +15,7 @@ import structlog
 
 from rationanomaly.model.parser import VerdictParseError, parse_verdict
 from rationanomaly.training.data import ExampleKind, LogExample
-from rationanomaly.model.lexicon import stance
+from rationanomaly.training.stance import stance
 
 log = structlog.get_logger(__name__)
 

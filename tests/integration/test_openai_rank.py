@@ -94,7 +94,7 @@ def test_eval_measures_the_served_model(server: LlamaServer, in_process_scores, 
     verdicts = [decide(in_process_scores[(t, "abnormal")] - in_process_scores[(t, "normal")], 0.0) for t in TEMPLATES]
     gold = [verdicts[0], "normal" if verdicts[1] == "abnormal" else "abnormal"]
     data.write_text("".join(f'{{"dataset": "bgl", "template": "{t}", "label": "{g}"}}\n' for t, g in zip(TEMPLATES, gold)))
-    report = run_evaluation(EvalRequest(data=(data,), model="base", baselines=(), decision="rank", rank_threshold=0.0,
+    report = run_evaluation(EvalRequest(data=(data,), model="default", adapter=None, baselines=(), decision="rank", rank_threshold=0.0,
                                         base_url=server.base_url, label="served"))
     [section] = report["sections"]
     assert section["system"] == "served" and section["n"] == 2

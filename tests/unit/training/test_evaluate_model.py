@@ -24,7 +24,7 @@ def _small_file(tmp_path):
 
 def test_eval_metrics_match_hand_computation(tmp_path) -> None:
     data = _small_file(tmp_path)
-    request = EvalRequest(data=(data,), model="base", baselines=("tfidf",), max_new_tokens=48)
+    request = EvalRequest(data=(data,), model="default", adapter=None, baselines=("tfidf",), max_new_tokens=48)
     report = run_evaluation(request, items_path=tmp_path / "items.jsonl")
     written = write_report(report, tmp_path / "report.json")
     assert all(p.exists() for p in written)

@@ -15,6 +15,7 @@ MODULES = [
     "rationanomaly.training.calibrate",
     "rationanomaly.training.margin",
     "rationanomaly.training.compare",
+    "rationanomaly.training.stance",
 ]
 
 
