@@ -29,8 +29,9 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
-from rationanomaly.model.backends.base import Backend, BackendError, Conversation
-from rationanomaly.model.classifier import _judge, _steered
+from rationanomaly.model.backends.base import Backend, BackendError
+from rationanomaly.model.classifier import STEERING_NOTE, _judge, _steered
+from rationanomaly.model.guard import steering_found
 from rationanomaly.model.judgement import DecisionKind, Judgement, LogInput
 from rationanomaly.model.parser import Label
 from rationanomaly.model.prompt import PROMPT_VERSION, completion_text
@@ -115,7 +116,7 @@ class GenerateDecider:
             log.warning("judgement unknown", reason=last_reason[index], attempts=attempt, model=self.model_id)
             results[index] = Judgement("unknown", None, last_reason[index], latency[index], attempt, last_raw[index],
                                        unavailable=away[index], decision="generate")
-        return _finished(conversations, results)
+        return _finished(inputs, results)
 
     def close(self) -> None:
         self.backend.close()
@@ -158,7 +159,7 @@ class RankDecider:
                 for i, fresh in zip(again, self._rank([batch[i] for i in again]), strict=True):
                     judged[i] = replace(fresh, attempts=attempt, latency_s=judged[i].latency_s + fresh.latency_s)
             results.extend(judged)
-        return _finished([messages_for(x) for x in inputs], results)
+        return _finished(inputs, results)
 
     def _rank(self, batch: Sequence[LogInput]) -> list[Judgement]:
         started = time.perf_counter()
@@ -202,9 +203,19 @@ class RankDecider:
             close()
 
 
-def _finished(conversations: Sequence[Conversation], results: Sequence[Judgement | None]) -> list[Judgement]:
-    """The steering rule's last word on each judgement (`model.classifier`)."""
-    return [_steered(conversation, j) for conversation, j in zip(conversations, results, strict=True) if j is not None]
+def _finished(inputs: Sequence[LogInput], results: Sequence[Judgement | None]) -> list[Judgement]:
+    """The steering rule's last word on each judgement (`model.classifier`): the prompt keeps no
+    trace of what `model.guard` took out, so the decider, which holds the raw templates, adds the
+    note when the guard found text addressed to the model (`guard.steering_found`)."""
+    out = []
+    for log, judgement in zip(inputs, results, strict=True):
+        if judgement is None:
+            continue
+        judgement = _steered(messages_for(log), judgement)
+        if judgement.label != "unknown" and STEERING_NOTE not in (judgement.rationale or "") and steering_found(log):
+            judgement = replace(judgement, rationale=f"{judgement.rationale or ''} {STEERING_NOTE}".strip())
+        out.append(judgement)
+    return out
 
 
 def rank_threshold(settings: BackendSettings) -> float | None:

@@ -165,3 +165,17 @@ def test_a_log_carrying_text_addressed_to_the_model_keeps_its_label_and_says_so(
     assert (steered_abnormal.label, steered_abnormal.rationale) == ("abnormal", f"Disk failed. {STEERING_NOTE}")
     assert (clean.label, clean.rationale) == ("normal", "Routine message.")
     assert (away.label, away.rationale) == ("unknown", None)
+
+def test_a_window_input_is_rendered_as_the_windows_prompt() -> None:
+    """The decider works on the log input: a tuple is a window's sequence, shown numbered."""
+    from rationanomaly.model.prompt import window_messages
+
+    class Recording(ScriptedBackend):
+        def generate(self, conversations):
+            self.calls.append(conversations)
+            return [ok(GOOD) for _ in conversations]
+
+    backend = Recording({})
+    (judgement,) = GenerateDecider(backend).decide([("a <*>", "a <*>", "b")])
+    assert backend.calls == [[window_messages(["a <*>", "a <*>", "b"])]]
+    assert (judgement.label, judgement.decision, judgement.rationale_source) == ("abnormal", "generate", "model")
