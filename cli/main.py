@@ -211,6 +211,49 @@ def _mount_training() -> None:
     app.command("eval")(eval_command)
 
 
+review_app = typer.Typer(no_args_is_help=True, help="Operator corrections to and from the expert-review CSV.")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Argument(help="The review CSV to write")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings YAML")] = None,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers")] = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="The detectors' consumer group")] = None,
+) -> None:
+    """Write the group's corrections (the compacted corrections topic) as expert-review CSV rows."""
+    from rationanomaly.stream.feedback import export_corrections
+
+    settings = _settings(config, {"kafka.bootstrap_servers": bootstrap, "kafka.group_id": group})
+    try:
+        rows = export_corrections(settings, out)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{rows} corrections written to {out}", err=True)
+
+
+@review_app.command("import")
+def review_import(
+    review: Annotated[Path, typer.Argument(help="An edited review CSV: rows with expert_label become corrections")],
+    by: Annotated[str, typer.Option("--by", help="Who made the corrections")],
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Settings YAML")] = None,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers")] = None,
+    group: Annotated[Optional[str], typer.Option("--group", help="The detectors' consumer group")] = None,
+) -> None:
+    """Publish the CSV's expert labels to the feedback topic; nothing is published if a row is bad."""
+    from rationanomaly.stream.feedback import import_corrections
+
+    settings = _settings(config, {"kafka.bootstrap_servers": bootstrap, "kafka.group_id": group})
+    try:
+        count = import_corrections(settings, review, by)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{count} corrections published", err=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in {"train", "eval"}:
         _mount_training()
@@ -219,3 +262,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -22,7 +22,9 @@ to and from the expert-review CSV (training/review.py's columns).
 
 from __future__ import annotations
 
+import csv
 from collections import OrderedDict
+from pathlib import Path
 from typing import Literal
 
 import orjson
@@ -48,6 +50,9 @@ class Correction(BaseModel):
     note: str | None = Field(None, max_length=2000)
     by: str = Field(min_length=1, max_length=200)
     at_ms: int | None = Field(None, ge=0)
+    # The template's text: filled in by the detector when it knows it, so that
+    # `rationanomaly review export` can hand training the input along with the label.
+    template: str | None = Field(None, max_length=8000)
 
     @model_validator(mode="after")
     def _names_something(self) -> Correction:
@@ -77,17 +82,27 @@ class VerdictMemory:
     """A verdict sink that remembers the templates of the last `size` verdicts it passed on, so a
     correction naming a verdict_id can be resolved to templates."""
 
-    def __init__(self, sink, size: int = 100_000) -> None:
+    def __init__(self, sink, size: int = 100_000, texts: int = 100_000) -> None:
         self._sink = sink
         self._size = size
+        self._texts_max = texts
         self._templates: OrderedDict[str, tuple[tuple[str, str | None], ...]] = OrderedDict()
+        self._texts: OrderedDict[str, str] = OrderedDict()
 
     def emit(self, verdict: Verdict) -> None:
         self._templates[verdict.verdict_id] = tuple((t.id, t.verdict) for t in verdict.templates)
         self._templates.move_to_end(verdict.verdict_id)
         if len(self._templates) > self._size:
             self._templates.popitem(last=False)
+        for t in verdict.templates:
+            self._texts[t.id] = t.text
+            self._texts.move_to_end(t.id)
+        while len(self._texts) > self._texts_max:
+            self._texts.popitem(last=False)
         self._sink.emit(verdict)
+
+    def text_of(self, template_id: str) -> str | None:
+        return self._texts.get(template_id)
 
     def templates_of(self, verdict_id: str) -> tuple[tuple[str, str | None], ...] | None:
         return self._templates.get(verdict_id)
@@ -121,9 +136,13 @@ def resolve(correction: Correction, memory: VerdictMemory | None) -> list[str]:
     )
 
 
-def correction_record(template_id: str, correction: Correction) -> tuple[bytes, bytes]:
-    """The corrections topic's record: keyed by template id, the correction with it filled in."""
-    value = correction.model_copy(update={"template_id": template_id}).model_dump(mode="json", exclude_none=True)
+def correction_record(template_id: str, correction: Correction, text: str | None = None) -> tuple[bytes, bytes]:
+    """The corrections topic's record: keyed by template id, the correction with it (and the
+    template's text, when known) filled in."""
+    update: dict[str, str] = {"template_id": template_id}
+    if text is not None and correction.template is None:
+        update["template"] = text
+    value = correction.model_copy(update=update).model_dump(mode="json", exclude_none=True)
     return template_id.encode(), orjson.dumps(value)
 
 
@@ -171,7 +190,8 @@ class FeedbackLoop:
             self._sink.dead_letter(DeadLetter(source, "feedback", str(exc), msg.value() or b"", msg.key()))
             return
         for template_id in template_ids:
-            key, value = correction_record(template_id, correction)
+            text = self._memory.text_of(template_id) if self._memory is not None else None
+            key, value = correction_record(template_id, correction, text)
             self._producer.produce(self._corrections, key=key, value=value)
         self.accepted += 1
         log.info("correction_accepted", source=str(source), templates=template_ids, label=correction.label,
@@ -194,3 +214,81 @@ def apply_correction(cache, key: bytes, value: bytes | None) -> None:
         return
     cache.correct(template_id, correction.judgement())
     log.info("correction_applied", template=template_id, label=correction.label, by=correction.by)
+
+
+# The expert-review CSV's columns (training/review.py's COLUMNS; `stream` never imports
+# `training`, and a unit test keeps the two equal).
+REVIEW_COLUMNS = ("id", "input", "label", "rationale", "source", "expert_label", "expert_rationale", "comment")
+
+
+def export_review_csv(table: dict[bytes, bytes], path: Path) -> int:
+    """The corrections topic's table as review rows: the id is the template id, the input its text,
+    the correction in expert_label and expert_rationale (training merges them as expert labels)."""
+    rows = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8-sig") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(REVIEW_COLUMNS)
+        for key, value in sorted(table.items()):
+            try:
+                c = Correction.model_validate_json(value)
+            except ValidationError:
+                continue
+            comment = f"by {c.by}" + (f"; verdict {c.verdict_id}" if c.verdict_id else "")
+            writer.writerow([key.decode(), c.template or "", "", "", "operator", c.label, c.note or "", comment])
+            rows += 1
+    return rows
+
+
+def read_review_csv(path: Path, by: str) -> list[Correction]:
+    """Corrections from an edited review CSV: every row with an expert_label. Raises ValueError
+    naming each bad row (nothing is imported from a file with one)."""
+    corrections: list[Correction] = []
+    errors: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            label = (row.get("expert_label") or "").strip().lower()
+            if not label:
+                continue
+            try:
+                corrections.append(Correction(template_id=(row.get("id") or "").strip() or None, label=label,
+                                              note=(row.get("expert_rationale") or "").strip() or None, by=by,
+                                              template=(row.get("input") or "").strip() or None))  # fmt: skip
+            except ValidationError as exc:
+                errors.append(f"row {number}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if errors:
+        raise ValueError(f"{path}: " + " | ".join(errors))
+    return corrections
+
+
+def export_corrections(settings, path: Path) -> int:
+    """`rationanomaly review export`: the group's corrections topic, read to its end, as a review CSV."""
+    from rationanomaly.stream.settings import librdkafka_config
+    from rationanomaly.stream.state_topics import latest_by_key, read_to_end, reader_config
+
+    kafka = librdkafka_config(settings.kafka)
+    topic = settings.state.topic("corrections", settings.kafka.group_id)
+    consumer = Consumer(reader_config(kafka, f"{settings.kafka.group_id}-review"))
+    try:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise ValueError(f"no corrections topic {topic} (has a detector of group {settings.kafka.group_id} run?)")
+        records = read_to_end(consumer, topic, list(meta.partitions), settings.state.restore_timeout_s)
+    finally:
+        consumer.close()
+    return export_review_csv(latest_by_key(records), path)
+
+
+def import_corrections(settings, path: Path, by: str) -> int:
+    """`rationanomaly review import`: the CSV's expert labels onto the feedback topic, where the
+    running detectors apply them like any other correction."""
+    from rationanomaly.stream.settings import librdkafka_config
+
+    corrections = read_review_csv(path, by)
+    producer = Producer({**librdkafka_config(settings.kafka), "enable.idempotence": True})
+    topic = settings.feedback.topic_for(settings.kafka.group_id)
+    for c in corrections:
+        producer.produce(topic, value=c.model_dump_json(exclude_none=True).encode())
+    if producer.flush(30):
+        raise RuntimeError(f"corrections not delivered to {topic} within 30 s")
+    return len(corrections)

@@ -62,3 +62,30 @@ def merge_review(examples: Sequence[LogExample], path: Path | str) -> tuple[list
                 rationale_changes += 1
             merged[index] = e
     return merged, MergeStats(rows, label_changes, rationale_changes, unknown)
+
+
+def operator_examples(path: Path | str) -> list[LogExample]:
+    """Operator corrections exported by `rationanomaly review export` as training examples: the
+    template text with the operator's label and note (provenance dataset `operator`, the item id
+    the template id). Rows without an input text or an expert label are skipped."""
+    from rationanomaly.training.data import ExampleKind, Provenance
+
+    examples: list[LogExample] = []
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        for row in csv.DictReader(handle):
+            text = (row.get("input") or "").strip()
+            label = (row.get("expert_label") or "").strip().lower()
+            if not text or label not in ("normal", "abnormal"):
+                continue
+            note = (row.get("expert_rationale") or "").strip() or None
+            examples.append(
+                LogExample(
+                    templates=(text,),
+                    label=label,
+                    provenance=Provenance("operator", "train", (row.get("id") or "").strip()),
+                    kind=ExampleKind.TEMPLATE,
+                    rationale=note,
+                    rationale_source="expert" if note else None,
+                )
+            )
+    return examples

@@ -19,7 +19,7 @@ from rationanomaly.stream.judging import TemplateCache
 class _Verdict:
     def __init__(self, verdict_id, templates):
         self.verdict_id = verdict_id
-        self.templates = [type("T", (), {"id": t, "verdict": v})() for t, v in templates]
+        self.templates = [type("T", (), {"id": t, "verdict": v, "text": f"text of {t}"})() for t, v in templates]
 
 
 class _Sink:
@@ -63,6 +63,9 @@ def test_verdict_ids_resolve_through_the_verdicts_published_lately():
     assert resolve(Correction(verdict_id="v1", template_id="t1", label="abnormal", by="al"), memory) == ["t1"]
     with pytest.raises(ValueError, match="not in verdict"):
         resolve(Correction(verdict_id="v1", template_id="t7", label="abnormal", by="al"), memory)
+    assert memory.text_of("t2") == "text of t2"
+    key, value = correction_record("t2", to_normal, memory.text_of("t2"))
+    assert orjson.loads(value)["template"] == "text of t2"  # for `review export`, and so for training
     memory.emit(_Verdict("v3", [("t4", "normal")]))  # v1 falls out of the bounded memory
     with pytest.raises(ValueError, match="not among the verdicts"):
         resolve(to_normal, memory)
