@@ -10,6 +10,10 @@ similarity of sublinear TF-IDF weighted character n-grams, and turns them into a
 Pure code: no clock, no I/O beyond reading a JSONL file it is handed, no third-party imports
 (the stream's runtime does not install scikit-learn). The weights a blend uses are chosen by
 cross-validation in `training/cv.py` and saved as `retrieval.json` beside the adapter.
+
+`RetrievalDecider` wraps a rank decider (`model.decision.RankDecider`): its margin plus the
+neighbours' vote decides, and the rationale cites the nearest agreeing reviewed example
+("like '>> mount: RPC: Timed out' (abnormal, reviewed, similarity 0.93)").
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -246,3 +250,66 @@ def read_reviewed(path: Path | str, source: str) -> list[ReviewedExample]:
                 raise RetrievalError(f"{path}:{number}: label must be normal|abnormal and template non-empty")
             examples.append(ReviewedExample(template, label, source, row.get("dataset")))  # type: ignore[arg-type]
     return examples
+
+
+class RetrievalDecider:
+    """A rank decider with a memory: the inner decider's margin, moved by the vote of the k
+    nearest reviewed templates (`RetrievalBlend`), decides; a flipped label publishes the other
+    grounded draft. Either way the rationale cites the nearest reviewed example that agrees.
+
+    What it cannot blend passes through unchanged: a window (reviewed examples are templates),
+    an `unknown`, a judgement that is not a rank decision or carries no confidence.
+    `index.add(...)` between calls (an operator correction) changes the next decisions.
+    """
+
+    def __init__(self, inner: object, index: RetrievalIndex, blend: RetrievalBlend, dataset: str | None = None) -> None:
+        threshold = getattr(inner, "threshold", None)
+        if getattr(inner, "kind", None) != "rank" or not isinstance(threshold, float | int):
+            raise RetrievalError("the retrieval decider wraps a rank decider (it needs the margin and its threshold)")
+        self.inner = inner
+        self.index = index
+        self.blend = blend
+        self.dataset = dataset
+        self.kind = "rank"
+        self.prompt_version = inner.prompt_version  # type: ignore[attr-defined]
+        self.model_id = (f"{inner.model_id}+retrieval(k={blend.k},weight={blend.weight!r},"  # type: ignore[attr-defined]
+                         f"threshold={blend.threshold!r})")
+
+    def decide(self, inputs: Sequence[Any]) -> list[Any]:
+        judged = self.inner.decide(inputs)  # type: ignore[attr-defined]
+        return [self._blend(x, j) for x, j in zip(inputs, judged, strict=True)]
+
+    def _blend(self, log: Any, judgement: Any) -> Any:
+        from dataclasses import replace
+
+        from rationanomaly.model.classifier import STEERING_NOTE
+        from rationanomaly.model.prompt import completion_text, log_text
+        from rationanomaly.model.ranking import confidence, drafts
+
+        c = judgement.confidence
+        if (not isinstance(log, str) or judgement.label not in ("normal", "abnormal") or judgement.decision != "rank"
+                or c is None or not 0.0 < c < 1.0):
+            return judgement
+        distance = math.log(c / (1.0 - c))  # confidence = logistic(|margin − threshold|)
+        margin = self.inner.threshold + (distance if judgement.label == "abnormal" else -distance)  # type: ignore[attr-defined]
+        found = self.index.nearest(log, self.blend.k, dataset=self.dataset)
+        score = self.blend.score(margin, found)
+        label: Label = "abnormal" if score > self.blend.threshold else "normal"
+        citation = cite([Neighbour(replace(n.example, template=log_text(n.example.template)), n.similarity)
+                         for n in found], label)
+        if label == judgement.label:
+            rationale = judgement.rationale or ""
+            raw = judgement.raw
+        else:
+            rationale = drafts(log)[label]
+            raw = completion_text(rationale, label)
+            if judgement.rationale and STEERING_NOTE in judgement.rationale:
+                rationale = f"{rationale} {STEERING_NOTE}"
+        if citation:
+            rationale = f"{rationale} Reviewed: {citation}.".strip()
+        return replace(judgement, label=label, rationale=rationale, raw=raw,
+                       confidence=confidence(score, self.blend.threshold, label),
+                       rationale_source=judgement.rationale_source if label == judgement.label else "draft")
+
+    def close(self) -> None:
+        self.inner.close()  # type: ignore[attr-defined]

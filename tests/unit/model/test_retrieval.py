@@ -140,3 +140,89 @@ def test_read_reviewed_reads_the_real_split_and_refuses_bad_lines(tmp_path) -> N
     bad.write_text("not json\n")
     with pytest.raises(RetrievalError, match=":1:"):
         read_reviewed(bad, "correction")
+
+
+class _MarginDecider:
+    """A rank decider over fixed margins: the retrieval decider's unit tests need the inner
+    margin on demand (the real RankDecider needs the model; the stream tests run that)."""
+
+    kind = "rank"
+    prompt_version = "test"
+    model_id = "fixed-margins"
+
+    def __init__(self, margins: dict, threshold: float = -1.0) -> None:
+        self.margins = margins
+        self.threshold = threshold
+        self.closed = False
+
+    def decide(self, inputs):
+        from rationanomaly.model.judgement import Judgement
+        from rationanomaly.model.ranking import confidence, decide, drafts
+
+        out = []
+        for x in inputs:
+            m = self.margins.get(x if isinstance(x, str) else "window")
+            if m is None:
+                out.append(Judgement("unknown", None, "no margin", 0.0, 1, None, decision="rank"))
+                continue
+            label = decide(m, self.threshold)
+            out.append(Judgement(label, drafts(x)[label], None, 0.0, 1, None, confidence(m, self.threshold, label),
+                                 decision="rank", rationale_source="draft"))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _spirit_index() -> RetrievalIndex:
+    index = RetrievalIndex()
+    for e in load_split("spirit_train"):
+        if e.source != ">> mount: RPC: Timed out":
+            index.add(e.source, e.label, "train", "spirit")
+    return index
+
+
+def test_retrieval_decider_flips_a_convention_the_model_missed_and_cites_the_example() -> None:
+    from rationanomaly.model.retrieval import RetrievalDecider
+
+    template = ">> mount: RPC: Timed out"
+    inner = _MarginDecider({template: -2.0, "window": 5.0})  # the model alone says normal
+    decider = RetrievalDecider(inner, _spirit_index(), RetrievalBlend(weight=4.0, threshold=-1.0, k=10), "spirit")
+    assert decider.kind == "rank" and "retrieval(k=10" in decider.model_id
+    flipped, window, unknown = decider.decide([template, ("a", "b"), "never scored"])
+    assert flipped.label == "abnormal"
+    assert flipped.rationale_source == "draft"
+    assert "Conclusion: abnormal" in flipped.rationale
+    assert "Reviewed: like '>> mount: RPC:" in flipped.rationale and "(abnormal, reviewed" in flipped.rationale
+    assert 0.5 < flipped.confidence < 1.0
+    assert window.label == "abnormal" and "Reviewed" not in window.rationale  # windows pass through
+    assert unknown.label == "unknown"
+    decider.close()
+    assert inner.closed
+
+
+def test_retrieval_decider_keeps_a_confident_model_and_a_correction_changes_the_next_call() -> None:
+    from rationanomaly.model.retrieval import RetrievalDecider
+
+    template = "disk quota reached on /scratch for user <*>"
+    index = RetrievalIndex()
+    index.add("disk quota reached on /home for user <*>", "normal", "train", "site")
+    decider = RetrievalDecider(_MarginDecider({template: 1.0}), index, RetrievalBlend(2.0, -1.0, 5), "site")
+    first = decider.decide([template])[0]
+    # The model leans abnormal (margin 1.0), its only reviewed neighbour is normal: 1.0 - 2.0 = -1.0,
+    # not above the threshold, so normal.
+    assert first.label == "normal" and "(normal, reviewed" in first.rationale
+    index.add("disk quota reached on /home for user <*>", "abnormal", "correction", "site")
+    second = decider.decide([template])[0]
+    assert second.label == "abnormal" and "(abnormal, reviewed" in second.rationale
+    assert first.confidence < second.confidence
+
+
+def test_retrieval_decider_wraps_only_a_rank_decider() -> None:
+    from rationanomaly.model.retrieval import RetrievalDecider
+
+    class Generating:
+        kind = "generate"
+
+    with pytest.raises(RetrievalError):
+        RetrievalDecider(Generating(), RetrievalIndex(), RetrievalBlend(1.0, 0.0))
