@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 import structlog
 
-from rationanomaly.model.retrieval import Neighbour, RetrievalBlend, RetrievalIndex, vote
+from rationanomaly.model.retrieval import RetrievalBlend, RetrievalIndex
 from rationanomaly.model.sessions import SessionRules
 from rationanomaly.training.data import LogExample, load_split
 from rationanomaly.training.evaluate import tfidf_baseline
