@@ -56,6 +56,11 @@ def _grant(info: dict, group: str, *, read: list[str], write: list[str]) -> None
         return AclBinding(kind, name, ResourcePatternType.LITERAL, principal, "*", op, AclPermissionType.ALLOW)
 
     bindings = [acl(ResourceType.GROUP, group, AclOperation.READ)]
+    # The detector's own topics and groups (state, feedback, repartition) are all named after its
+    # group: one prefixed grant covers them (stream/README.md, "State topics").
+    for kind in (ResourceType.TOPIC, ResourceType.GROUP):
+        bindings.append(AclBinding(kind, f"{group}-", ResourcePatternType.PREFIXED, principal, "*",
+                                   AclOperation.ALL, AclPermissionType.ALLOW))  # fmt: skip
     for topic in read:
         bindings += [acl(ResourceType.TOPIC, topic, AclOperation.READ), acl(ResourceType.TOPIC, topic, AclOperation.DESCRIBE)]
     for topic in write:
