@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from rationanomaly.model.classifier import Judgement
+from rationanomaly.model.judgement import Judgement
 from rationanomaly.stream.checkpoint import Checkpoint, CheckpointLog, CheckpointStore
 from rationanomaly.stream.engine import Engine
 from rationanomaly.stream.settings import DetectorSettings
