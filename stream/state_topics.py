@@ -244,9 +244,15 @@ class CompactedTable:
         self.records = 0
 
     def _start(self, timeout_s: float) -> list[int]:
-        meta = self._consumer.list_topics(self._topic, timeout=timeout_s).topics.get(self._topic)
-        if meta is None or meta.error is not None:
-            raise StateTopicError(f"state topic {self._topic} is missing")
+        # A topic created a moment ago may not be in this client's metadata yet: wait for it.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            meta = self._consumer.list_topics(self._topic, timeout=timeout_s).topics.get(self._topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                break
+            if time.monotonic() > deadline:
+                raise StateTopicError(f"state topic {self._topic} is missing")
+            time.sleep(0.2)
         partitions = sorted(meta.partitions)
         self._partitions = partitions
         self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
