@@ -174,6 +174,7 @@ class Detector:
             # One input partition holds every window whole already: the hop would only copy it.
             log.info("repartition_hop_skipped", input=s.input.topic, reason="the input topic has one partition")
             return
+        repartition.check_supported(s)
         partitions = s.input.repartition_partitions or len(meta.partitions)
         name = repartition.topic_name(s.kafka.group_id)
         repartition.ensure_topic(AdminClient(self._kafka), name, partitions, s.input.repartition_retention_ms)

@@ -58,15 +58,18 @@ def hop_needed(settings: DetectorSettings) -> bool:
     if settings.input.keyed_by_window:
         return False
     w = settings.windows
-    if w.kind is not WindowKind.SESSION and w.key_by == "none":
-        return False
+    return w.kind is WindowKind.SESSION or w.key_by != "none"
+
+
+def check_supported(settings: DetectorSettings) -> None:
+    """Raises when the hop cannot carry this input as configured."""
     if _profile_multiline(settings):
         raise RepartitionError(
             "multi-line events (profile.multiline) need their continuation lines beside their head "
-            "line, which the repartition hop would scatter: key the input by window "
-            "(input.keyed_by_window: true) or by source file and use a single partition per source"
+            "line, which the repartition hop would scatter over partitions: have the producers key "
+            "records by window key and set input.keyed_by_window: true, or use an input topic with "
+            "one partition (no hop)"
         )
-    return True
 
 
 def _profile_multiline(settings: DetectorSettings) -> bool:

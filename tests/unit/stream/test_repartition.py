@@ -10,6 +10,7 @@ from rationanomaly.stream.repartition import (
     RepartitionError,
     Rekeyer,
     UpstreamMarks,
+    check_supported,
     hop_needed,
     read_headers,
     source_header,
@@ -33,7 +34,8 @@ def test_the_hop_is_on_for_sessions_and_keyed_windows_and_off_when_producers_key
 
 def test_multi_line_events_with_the_hop_are_refused_with_the_way_out() -> None:
     with pytest.raises(RepartitionError, match="keyed_by_window"):
-        hop_needed(load_settings(None, profile={"name": "hadoop"}))  # multi-line events on in this profile
+        check_supported(load_settings(None, profile={"name": "hadoop"}))  # multi-line events on in this profile
+    check_supported(load_settings(None, profile={"name": "hdfs"}))
 
 
 def test_a_line_naming_several_blocks_goes_to_each_once() -> None:
