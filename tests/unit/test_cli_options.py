@@ -74,6 +74,9 @@ def test_the_replay_command_parses_the_shared_options(tmp_path, monkeypatch) -> 
         raise typer.Exit(0)
 
     monkeypatch.setattr(replay_module, "replay_files", fake_replay_files)
+    # The command configures logging onto the runner's stream, which the runner then closes:
+    # later tests would log into a closed file.
+    monkeypatch.setattr("rationanomaly.cli.main.configure_logging", lambda level: None)
     log = tmp_path / "x.log"
     log.write_text("line\n")
     from typer.testing import CliRunner
