@@ -9,11 +9,13 @@ the set of lines in its predicted group equals the set of lines in its ground-tr
 as loghub scores them.
 
 Both systems mine the same content: each line's header split off by the profile the detector
-would run with (the shipped one where there is one, else the profile `profile infer` proposes for
-the file, with the generic profile behind it), so the difference between the columns is the
-masking and the Drain settings alone.
+would run with (the built-in one named after the system, else the profile `profile infer`
+proposes for the file, with the generic profile behind it), so the difference between the
+columns is the masking and the Drain settings alone.
 
-- detector: `ParsingSettings()` defaults with the packaged stream/drain3.ini masking;
+- detector: the `parsing` settings `DetectorSettings` builds for that profile, as a real run
+  does: `ParsingSettings()` defaults and the packaged stream/drain3.ini masking, under the
+  profile's own tuning (`FormatProfile.parsing`: masking rules run first, sim_th, depth);
 - drain3 default: `TemplateMiner` with `TemplateMinerConfig()` untouched (no masking).
 
 The last column runs the detector's parsing on loghub's own `Content` column, to tell a header
@@ -40,17 +42,15 @@ from drain3.template_miner_config import TemplateMinerConfig  # noqa: E402
 from rationanomaly.stream.generic import GenericHeaderParser  # noqa: E402
 from rationanomaly.stream.inference import infer_profile  # noqa: E402
 from rationanomaly.stream.parsing import ParsingSettings, TemplateParser  # noqa: E402
-from rationanomaly.stream.profiles import BUILTIN_PROFILES, FormatProfile, HeaderParser  # noqa: E402
+from rationanomaly.stream.profiles import BUILTIN_PROFILES, FormatProfile, HeaderParser, ProfileSettings  # noqa: E402
 from rationanomaly.stream.records import Header, LogRecord, SourceRef  # noqa: E402
+from rationanomaly.stream.settings import DetectorSettings  # noqa: E402
 
 SYSTEMS = (
     "Android", "Apache", "BGL", "HDFS", "HPC", "Hadoop", "HealthApp", "Linux",
     "Mac", "OpenSSH", "OpenStack", "Proxifier", "Spark", "Thunderbird", "Windows", "Zookeeper",
 )
-SHIPPED = {
-    "HDFS": "hdfs", "BGL": "bgl", "Thunderbird": "thunderbird", "OpenSSH": "openssh", "Linux": "linux",
-    "Zookeeper": "zookeeper", "Hadoop": "hadoop", "Spark": "spark", "OpenStack": "openstack",
-}
+SHIPPED = {system: system.lower() for system in SYSTEMS}
 
 
 def grouping_accuracy(truth: Sequence[str], predicted: Sequence[object]) -> float:
@@ -85,7 +85,7 @@ def load(data: Path, system: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def profile_for(system: str, lines: list[str]) -> tuple[FormatProfile, str]:
-    if system in SHIPPED:
+    if SHIPPED.get(system) in BUILTIN_PROFILES:
         return BUILTIN_PROFILES[SHIPPED[system]], SHIPPED[system]
     return infer_profile(lines).profile, "inferred"
 
@@ -102,8 +102,16 @@ def contents(profile: FormatProfile, lines: list[str]) -> list[str]:
     return out
 
 
-def detector_clusters(texts: list[str]) -> list[int]:
-    parser = TemplateParser(ParsingSettings())
+def detector_parsing(profile: FormatProfile) -> ParsingSettings:
+    """The parsing settings the detector runs with under `profile`: DetectorSettings folds the
+    profile's masking rules and Drain settings into `parsing`, as for a real run."""
+    builtin = BUILTIN_PROFILES.get(profile.name) is profile
+    chosen = ProfileSettings(name=profile.name, custom=None if builtin else profile)
+    return DetectorSettings(profile=chosen).parsing
+
+
+def detector_clusters(texts: list[str], settings: ParsingSettings) -> list[int]:
+    parser = TemplateParser(settings)
     # The cluster, not the template text of the moment: loghub scores the final grouping.
     drain, mask = parser._drain, parser._mask  # noqa: SLF001 (the bench reads what parse() uses)
     return [drain.add_log_message(mask(t))[0].cluster_id for t in texts]
@@ -120,9 +128,9 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args()
 
-    runs: list[tuple[str, Callable[[list[str]], list[int]]]] = [
+    runs: list[tuple[str, Callable[[list[str], ParsingSettings], list[int]]]] = [
         ("detector", detector_clusters),
-        ("drain3 default", drain3_default_clusters),
+        ("drain3 default", lambda texts, _: drain3_default_clusters(texts)),
     ]
     header = ["system", "profile", *(name for name, _ in runs), "detector, loghub content"]
     rows: list[list[str]] = []
@@ -131,12 +139,13 @@ def main() -> None:
         lines, loghub_content, truth = load(args.data, system)
         profile, profile_name = profile_for(system, lines)
         texts = contents(profile, lines)
+        settings = detector_parsing(profile)
         row = [system, profile_name]
         for name, run in runs:
-            ga = grouping_accuracy(truth, run(texts))
+            ga = grouping_accuracy(truth, run(texts, settings))
             scores[name].append(ga)
             row.append(f"{ga:.3f}")
-        ga = grouping_accuracy(truth, detector_clusters(loghub_content))
+        ga = grouping_accuracy(truth, detector_clusters(loghub_content, settings))
         scores["loghub content"].append(ga)
         row.append(f"{ga:.3f}")
         rows.append(row)

@@ -268,7 +268,7 @@ BUILTIN_PROFILES: Mapping[str, FormatProfile] = {
         ),
         FormatProfile(
             name="healthapp",
-            log_format=r"<Timestamp>\|<Component>\|<Pid>\|<Content>",
+            log_format=r"<Timestamp>\|<Component>\|<Pid>\|\s*<Content>",  # some contents start with a blank
             timestamp_fields=("Timestamp",),
             timestamp_format="%Y%m%d-%H:%M:%S:%f",
             component_field="Component",

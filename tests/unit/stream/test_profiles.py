@@ -31,8 +31,15 @@ SAMPLES = {
     "hadoop": ("Hadoop", {"Date": "Date", "Time": "Time", "Level": "Level", "Process": "Process", "Component": "Component"}, 1_445_191_307_978),
     "spark": ("Spark", {"Date": "Date", "Time": "Time", "Level": "Level", "Component": "Component"}, 1_497_039_040_000),
     "openstack": ("OpenStack", {"Logrecord": "Logrecord", "Date": "Date", "Time": "Time", "Pid": "Pid", "Level": "Level", "Component": "Component", "ADDR": "ADDR"}, 1_494_892_800_008),
+    "android": ("Android", {"Date": "Date", "Time": "Time", "Pid": "Pid", "Tid": "Tid", "Level": "Level", "Component": "Component"}, 1_489_767_218_811),
+    "apache": ("Apache", {"Level": "Level"}, 1_133_671_664_000),
+    "hpc": ("HPC", {"LogId": "LogId", "Node": "Node", "Component": "Component", "State": "State", "Timestamp": "Time", "Flag": "Flag"}, 1_077_804_742_000),
+    "healthapp": ("HealthApp", {"Timestamp": "Time", "Component": "Component", "Pid": "Pid"}, 1_514_067_329_606),
+    "mac": ("Mac", {"Month": "Month", "Day": "Date", "Time": "Time", "Host": "User", "Component": "Component", "Pid": "PID", "Address": "Address"}, 1_498_899_655_000),
+    "proxifier": ("Proxifier", {"Program": "Program"}, 1_477_846_146_000),
+    "windows": ("Windows", {"Date": "Date", "Time": "Time", "Level": "Level", "Component": "Component"}, 1_475_037_030_000),
 }
-# Dead letters each sample produces. With loghub's formats every line of the nine 2k samples
+# Dead letters each sample produces. With loghub's formats every line of the sixteen 2k samples
 # splits (loghub's own parser accepts them all too); odd lines are covered synthetically below.
 EXPECTED_DEAD = dict.fromkeys(SAMPLES, 0)
 
