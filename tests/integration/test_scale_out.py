@@ -248,9 +248,9 @@ def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hd
     assert sum(w[3] for w in ref_windows) == memberships
     assert read_topic(kafka_bootstrap, dlq, idle_s=2.0) == []
     assert {c for name, c in codes.items() if name != "detector-2"} == {0}, codes
-    if model_calls > MODEL_CALLS_PER_TEMPLATE * len(templates):
-        # Everything above holds; what does not yet: members that close their windows at the same
-        # moment ask the model about the same new templates before they read each other's answers
-        # from the shared cache topic (issue 19, part 2; see /work/notes/issue19-topology.md).
-        pytest.xfail(f"{model_calls:g} model calls across the group for {len(templates)} distinct templates "
-                     f"(the bound is {MODEL_CALLS_PER_TEMPLATE} x)")  # fmt: skip
+    # A template is judged once per group: members read each other's answers from the shared
+    # cache topic. Members closing windows at the same moment may still ask about one template
+    # twice before the answer reaches them, hence the 10% allowance.
+    assert model_calls <= MODEL_CALLS_PER_TEMPLATE * len(templates), (
+        f"{model_calls:g} model calls across the group for {len(templates)} distinct templates"
+    )
