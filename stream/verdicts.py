@@ -48,9 +48,11 @@ def verdict_id(
     model_id: str,
     prompt_version: str,
     first_offsets: Sequence[tuple[int, int]] = (),
+    lines: int | None = None,
 ) -> str:
     """Deterministic id: the same window judged by the same model and prompt gets the same id.
-    `first_offsets`: (partition, first offset) of the window's lines in each partition.
+    `first_offsets`: (partition, first offset) of the window's lines in each partition, for
+    windows whose span does not tell them apart (see `window_identity`); `lines`: how many.
 
     >>> vid = verdict_id("hdfs", "session", "blk_1", 0, 5, "m", "p1", [(0, 17)])
     >>> vid
@@ -63,8 +65,26 @@ def verdict_id(
     kind_text = kind.value if isinstance(kind, WindowKind) else kind
     # A JSON array keeps the fields apart: ("a b", "c") and ("a", "b c") hash differently.
     firsts = [[partition, first] for partition, first in first_offsets]
-    payload = orjson.dumps([profile, kind_text, key, start_ms, end_ms, model_id, prompt_version, firsts])
-    return hashlib.blake2b(payload, digest_size=16).hexdigest()
+    fields: list[object] = [profile, kind_text, key, start_ms, end_ms, model_id, prompt_version, firsts]
+    if lines is not None:
+        fields.append(lines)
+    return hashlib.blake2b(orjson.dumps(fields), digest_size=16).hexdigest()
+
+
+def window_identity(window: Window) -> tuple[list[tuple[int, int]], int]:
+    """What names a window in its verdict's id, beside key and span: its line count, and where
+    its lines start only when the span is not enough.
+
+    A session window that closed by inactivity or by its maximum duration is the only one of its
+    key with that start and end, however the input was partitioned, so its id leaves positions
+    out: a replay of the file, a one-partition topic and a topic keyed by shipper behind the
+    repartition hop all give it the same id. Count windows, time windows (a late line reopens a
+    bucket) and windows cut by a memory cap can share key and span with another window, so theirs
+    name the (partition, first offset) of their lines as well.
+    """
+    positional = window.kind is not WindowKind.SESSION or window.forced is not None
+    firsts = [(r.partition, r.first) for r in window.offsets] if positional else []
+    return firsts, window.lines
 
 
 # Characters a viewer acts on rather than shows: C0/C1 controls but tab and newline (ANSI escape
@@ -208,9 +228,8 @@ def build_verdict(
     labels = judged.template_labels
     assessment = assess(judged.label, w.templates, labels, confidence)
     return Verdict(
-        verdict_id=verdict_id(
-            profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version, [(r.partition, r.first) for r in w.offsets]
-        ),
+        verdict_id=verdict_id(profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version,
+                              *window_identity(w)),
         verdict=judged.label,
         reason=inert(judged.reason),
         window=VerdictWindow(

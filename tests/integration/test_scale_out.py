@@ -236,10 +236,10 @@ def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hd
     windows = {_window(v) for v in verdicts}
     assert windows == ref_windows, f"{len(ref_windows - windows)} replay windows missing, {len(windows - ref_windows)} others"
     assert len(keys) == HDFS_BLOCKS and all(len(s) == 1 for s in keys.values()), "a block was split into partial windows"
-    # A window published twice (a member killed with its verdict on the way) keeps its id. The ids
-    # are not the file replay's: verdict_id names the window's first offset per partition
-    # (stream/verdicts.py, so the two halves of a session cut by a memory cap never share one),
-    # and behind the hop those are repartition-topic offsets, not file line numbers.
+    # The same verdict ids as the replay: a session window's id names its key, span and line
+    # count, never where its lines were read (stream/verdicts.py window_identity). A window
+    # published twice (a member killed with its verdict on the way) keeps its id.
+    assert set(ids) == {v["verdict_id"] for v in reference}, "verdict ids differ from the replay's"
     by_window = defaultdict(set)
     for v in verdicts:
         by_window[_window(v)].add(v["verdict_id"])

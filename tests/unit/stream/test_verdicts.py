@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import doctest
 
 import orjson
@@ -54,6 +55,25 @@ def test_verdict_id_is_deterministic_and_sensitive_to_each_part() -> None:
     assert verdict_id("a b", "session", "c", 0, 0, "m", "p") != verdict_id("a", "session", "b c", 0, 0, "m", "p")
 
 
+def test_a_session_window_keeps_its_id_wherever_its_lines_were_read() -> None:
+    # the same block read from a file (offsets = line numbers) and behind the repartition hop
+    read_elsewhere = dataclasses.replace(window(), offsets=(OffsetRange(3, 7, 50), OffsetRange(5, 2, 9)))
+    assert abnormal(window=read_elsewhere).verdict_id == abnormal().verdict_id
+    # a partial window of the same block is another window, with another id
+    assert abnormal(window=dataclasses.replace(window(), lines=3)).verdict_id != abnormal().verdict_id
+
+
+def test_windows_whose_span_is_not_unique_are_told_apart_by_position() -> None:
+    for changed in (
+        dict(kind=WindowKind.COUNT),
+        dict(kind=WindowKind.TIME),
+        dict(forced="max_window_lines"),
+    ):
+        here = dataclasses.replace(window(), **changed)
+        there = dataclasses.replace(here, offsets=(OffsetRange(0, 11, 99),))
+        assert abnormal(window=here).verdict_id != abnormal(window=there).verdict_id, changed
+
+
 def test_iso_utc() -> None:
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
     assert iso_utc(-1) == "1969-12-31T23:59:59.999Z"
@@ -62,7 +82,7 @@ def test_iso_utc() -> None:
 def test_build_verdict_from_a_judged_window() -> None:
     v = abnormal()
     assert v.verdict_id == verdict_id(
-        "hdfs", "session", "blk_-42", 1_226_262_918_000, 1_226_263_101_000, "smollm2-135m", "p3", [(0, 10)]
+        "hdfs", "session", "blk_-42", 1_226_262_918_000, 1_226_263_101_000, "smollm2-135m", "p3", [], 4
     )
     assert v.verdict == "abnormal" and v.reason is None and v.rationale.startswith("Template tB")
     assert v.window.model_dump(mode="json") == {
