@@ -271,7 +271,12 @@ def _choose(settings: BackendSettings, backend: Backend, retries: int) -> Decide
             log.warning("the adapter ships a rank decision but the server cannot score; generating instead",
                         error=str(error), base_url=settings.base_url)
             return GenerateDecider(backend, retries)
-    return RankDecider(backend, 0.0 if threshold is None else threshold, batch_size=settings.batch_size, retries=retries)
+    ranker = RankDecider(backend, 0.0 if threshold is None else threshold, batch_size=settings.batch_size, retries=retries)
+    if settings.explain:
+        from rationanomaly.model.explain import ExplainingDecider
+
+        return ExplainingDecider(ranker)
+    return ranker
 
 
 def as_decider(handed: Backend | Decider, settings: BackendSettings, retries: int = 2) -> Decider:

@@ -62,6 +62,12 @@ class BackendSettings(BaseModel):
     # decision.json) and the backend can score, else generates.
     decision: Decision = "auto"
     rank_threshold: float | None = None  # overrides decision.json's threshold (nats)
+    # Decide, then explain (model.explain): under the rank decision, each abnormal verdict gets an
+    # explanation the model writes with the label fixed, published only when it passes its check
+    # (quotes in the log, stance = label, no markup), else the draft with the reason. Adds one
+    # generation per abnormal template (cached per template like the verdict) and joins the
+    # decision's model_id, so verdict ids change. Off by default: model/README.md has the cost.
+    explain: bool = False
 
     @field_validator("model")
     @classmethod
