@@ -116,6 +116,11 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def pid(self) -> int | None:
+        """The server process, for tests that freeze it (SIGSTOP) to make a server that hangs."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
     def start(self) -> LlamaServer:
         if not llama_server_available():
             raise LlamaServerError(f"llama_cpp is not installed; {INSTALL_HINT}")

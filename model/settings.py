@@ -53,6 +53,9 @@ class BackendSettings(BaseModel):
     backoff_s: float = Field(default=0.5, ge=0.0)  # first retry delay, doubled each time
     batch_size: int = Field(default=8, ge=1, le=4096)  # in-process batching (transformers)
     structured_outputs: bool = True  # constrain output to OUTPUT_REGEX (openai, vllm)
+    # openai: also send the output grammar as GBNF in the `grammar` field, which llama.cpp's
+    # servers read (they ignore `structured_outputs`); vLLM would only warn about the extra field.
+    output_grammar: bool = False
     device: str = "auto"  # cuda when available, else cpu
     dtype: DType = "auto"
     # How the verdict is reached (model.decision): "generate" decodes a rationale and answer;

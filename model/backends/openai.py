@@ -27,7 +27,7 @@ import structlog
 
 from rationanomaly.model.backends import echo
 from rationanomaly.model.backends.base import BackendError, Conversation, Generation
-from rationanomaly.model.parser import OUTPUT_REGEX
+from rationanomaly.model.parser import OUTPUT_REGEX, output_gbnf
 from rationanomaly.model.settings import DEFAULT, BackendSettings
 
 log = structlog.get_logger(__name__)
@@ -236,6 +236,8 @@ class OpenAIBackend:
         }
         if constraint is not None:
             body["structured_outputs"] = constraint
+            if self._settings.output_grammar:
+                body["grammar"] = output_gbnf(max_tokens)
         return body
 
     def _post(self, body: dict[str, Any], path: str = "chat/completions") -> _Reply:
