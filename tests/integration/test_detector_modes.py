@@ -90,6 +90,12 @@ class SlowBackend:
         time.sleep(self._delay_s)
         return self._inner.generate(conversations)
 
+    def score(self, conversations, completions):
+        # the rank decision scores instead of generating: it must be slow the same way, or the
+        # detector would decide by generation and name another model than the replay's
+        time.sleep(self._delay_s)
+        return self._inner.score(conversations, completions)
+
     def close(self) -> None:
         pass
 
