@@ -61,15 +61,15 @@ def test_a_soup_loads_and_ranks_like_its_ingredient(pair, tmp_path) -> None:
     from rationanomaly.model.loading import load_causal_lm
     from rationanomaly.model.ranking import margins
     from rationanomaly.model.scoring import scorer
-    from rationanomaly.training.data import load_split, prompt_messages
+    from rationanomaly.training.data import load_split, log_input
 
     a, _ = pair
     mixed = soup([a, a], tmp_path / "same")
     examples = [e for e in load_split("bgl_dev") if e.label == "abnormal"][:2] + load_split("bgl_dev")[:2]
-    conversations = [prompt_messages(e) for e in examples]
+    logs = [log_input(e) for e in examples]
     found = {}
     for name, adapter in (("one", a), ("soup", mixed)):
         model, tokenizer = load_causal_lm("default", str(adapter))
-        found[name] = margins(scorer(model, tokenizer, batch_size=4), conversations)
+        found[name] = margins(scorer(model, tokenizer, batch_size=4), logs)
     assert found["soup"] == pytest.approx(found["one"], abs=0.02)
     assert len({round(m, 2) for m in found["one"]}) > 1
