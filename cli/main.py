@@ -7,6 +7,7 @@ Imports happen inside each command so `rationanomaly run` never pays for TRL, an
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -226,11 +227,7 @@ def review_export(
     from rationanomaly.stream.feedback import export_corrections
 
     settings = _settings(config, {"kafka.bootstrap_servers": bootstrap, "kafka.group_id": group})
-    try:
-        rows = export_corrections(settings, out)
-    except ValueError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
+    rows = _or_exit(lambda: export_corrections(settings, out))
     typer.echo(f"{rows} corrections written to {out}", err=True)
 
 
@@ -246,12 +243,17 @@ def review_import(
     from rationanomaly.stream.feedback import import_corrections
 
     settings = _settings(config, {"kafka.bootstrap_servers": bootstrap, "kafka.group_id": group})
+    count = _or_exit(lambda: import_corrections(settings, review, by))
+    typer.echo(f"{count} corrections published", err=True)
+
+
+def _or_exit(action: Callable[[], int]) -> int:
+    """A review command's work; a bad file or topic is one line on stderr and exit 1."""
     try:
-        count = import_corrections(settings, review, by)
+        return action()
     except ValueError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"{count} corrections published", err=True)
 
 
 def main() -> None:
