@@ -251,7 +251,7 @@ def _or_exit(action: Callable[[], int]) -> int:
     """A review command's work; a bad file or topic is one line on stderr and exit 1."""
     try:
         return action()
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
 

@@ -39,3 +39,15 @@ def test_a_bad_row_stops_the_import(tmp_path):
     path.write_text(",".join(COLUMNS) + "\nt1,text,,,,abnormal,,\nt2,text,,,,maybe,,\n", encoding="utf-8")
     with pytest.raises(ValueError, match="row 3"):
         read_review_csv(path, by="al")
+
+
+def test_review_import_of_a_missing_file_is_one_clear_error(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from rationanomaly.cli.main import app
+
+    missing = tmp_path / "nowhere.csv"
+    result = CliRunner().invoke(app, ["review", "import", str(missing), "--by", "ops", "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "No such file" in result.output
