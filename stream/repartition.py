@@ -13,9 +13,10 @@ fallback event time); and headers with the input record's key and position. The 
 the consumer drop the copies that an at-least-once hop makes when an input partition is re-read
 after a crash (`UpstreamMarks`).
 
-Drain3 runs after the hop, on the window's partition (measured in the issue-19 note: per-partition
-miners after the hop see every component's lines in a fair sample and make the same templates as
-one miner over the file; the hop stage needs only the header split and the key regex).
+Drain3 runs after the hop, on the window's partition: a window's templates come from the miner
+that holds its lines, in one checkpoint. `bench/repartition_templates.py` shows the placements
+level under shipper keys that mix components (round robin, random, host); "before" wins only when
+the input is keyed by component (stream/README.md, Scale-out).
 """
 
 from __future__ import annotations
