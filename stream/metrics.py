@@ -52,3 +52,9 @@ class DetectorMetrics:
         self.template_cache_evictions = Counter(
             "rationanomaly_template_cache_evictions", "Judged templates dropped from the cache at judging.cache_max_templates", registry=r
         )
+        # One judge per template in a group (stream/template_owners.py): `asked` requests sent to a
+        # template's owner, `served` requests this member answered, `timed_out` templates judged
+        # here after the owner stayed silent for judging.remote_wait_s (each one a model call twice).
+        self.template_routing = Counter(
+            "rationanomaly_template_routing", "Templates routed to their owner in the group, by event", ["event"], registry=r
+        )

@@ -109,6 +109,10 @@ class JudgeSettings(_Section):
     # go out `unknown` with the reason; `unknown` publishes them so at once.
     on_model_down: ModelDownPolicy = ModelDownPolicy.WAIT
     model_down_deadline_s: float = Field(600.0, ge=0)
+    # In a consumer group, a template is judged by the member owning its partition
+    # (stream/template_owners.py); one that met it elsewhere asks and waits this long for the
+    # answer, then judges it itself (a silent owner costs one model call twice, never a window).
+    remote_wait_s: float = Field(120.0, gt=0)
 
     @model_validator(mode="after")
     def _low_below_max(self) -> JudgeSettings:
