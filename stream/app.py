@@ -253,6 +253,7 @@ class Detector:
                 self._engine.pipeline.restore(tp.partition, checkpoint)
         if committed:
             self._state.caught_up()  # the group's verdicts so far, before this partition's lines
+            self._state.owned(self._assigned)  # the templates this member judges for the group
         log.info("partitions_assigned", added=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
                  partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))  # fmt: skip
 
@@ -298,6 +299,8 @@ class Detector:
             self._assigned.discard(tp.partition)
             self._committed.pop(tp.partition, None)
             self._engine.pipeline.drop(tp.partition)
+        if self._state is not None:
+            self._state.owned(self._assigned)  # its templates' next judge is the partitions' next owner
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> int:

@@ -25,6 +25,7 @@ from rationanomaly.model.prompt import log_text
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import JudgeMode, ModelDownPolicy, VerdictLabel, Window
 from rationanomaly.stream.settings import JudgeSettings
+from rationanomaly.stream.template_owners import OwnersClosed, TemplateOwners
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +139,10 @@ class TemplateCache:
     def corrected(self, template_id: str) -> Judgement | None:
         return self._corrected.get(template_id)
 
+    def answer(self, template_id: str) -> Judgement | None:
+        """The model's answer (normal or abnormal) for the template, never an operator's correction."""
+        return self._by_id.get(template_id)
+
     def get(self, template_id: str) -> Judgement | None:
         if self._corrected and (correction := self._corrected.get(template_id)) is not None:
             return correction
@@ -220,6 +225,9 @@ class WindowJudge:
             settings.unknown_ttl_s, settings.cache_max_templates, metrics.template_cache_evictions.inc
         )
         self.model_away = False  # whether the last `judge` met the model away
+        # Set in a consumer group (stream/detector_state.py): the template's owner judges it,
+        # this member asks and waits (stream/template_owners.py). None: judge everything here.
+        self.owners: TemplateOwners | None = None
 
     def judge_cached(self, window: Window) -> JudgedWindow | None:
         """The verdict from the template cache alone, or None if a template still needs the model.
@@ -257,23 +265,92 @@ class WindowJudge:
                     wanted[tid] = text
                 else:
                     known[tid] = judgement
-        fresh: dict[str, Judgement] = {}
-        if wanted:
-            ids = list(wanted)
-            judgements = self._decider.decide([wanted[t] for t in ids])
-            away: list[Judgement] = []
-            for tid, judgement in zip(ids, judgements, strict=True):
-                self._metrics.model_latency.observe(judgement.latency_s)
-                fresh[tid] = judgement
-                if judgement.label == "unknown" and judgement.unavailable:
-                    away.append(judgement)  # never cached: the model's absence says nothing of the template
-                else:
-                    self.cache.put(tid, judgement)
-            self._metrics.templates.set(len(self.cache))
-            self.model_away = bool(away)
-            if away and hold_if_model_down:
-                raise ModelDown(f"{len(away)} of {len(ids)} templates: {away[0].reason}")
+        if self.owners is not None:
+            return self._judge_routed(windows, wanted, known, self.owners, hold_if_model_down)
+        fresh = self._decide(wanted, hold_if_model_down) if wanted else {}
         return [self._from_templates(window, fresh, known) for window in windows]
+
+    def _decide(self, wanted: dict[str, str], hold_if_model_down: bool,
+                serving: dict[str, str] | None = None) -> dict[str, Judgement]:  # fmt: skip
+        """One model call for `wanted` (id -> text); answers cached (so shared), and the requests
+        among them (`serving`, other members') marked served, or retried later if the model was away."""
+        ids = list(wanted)
+        judgements = self._decider.decide([wanted[t] for t in ids])
+        owners = self.owners if serving else None
+        fresh: dict[str, Judgement] = {}
+        away: list[Judgement] = []
+        for tid, judgement in zip(ids, judgements, strict=True):
+            self._metrics.model_latency.observe(judgement.latency_s)
+            fresh[tid] = judgement
+            if judgement.label == "unknown" and judgement.unavailable:
+                away.append(judgement)  # never cached: the model's absence says nothing of the template
+                if owners is not None and tid in serving:
+                    owners.retry_later(tid)
+                continue
+            self.cache.put(tid, judgement)
+            if owners is not None and tid in serving:
+                owners.served(tid, unknown=judgement.reason if judgement.label == "unknown" else None)
+        self._metrics.templates.set(len(self.cache))
+        self.model_away = self.model_away or bool(away)
+        if away and hold_if_model_down:
+            raise ModelDown(f"{len(away)} of {len(ids)} templates: {away[0].reason}")
+        return fresh
+
+    def _judge_routed(self, windows: list[Window], wanted: dict[str, str], known: dict[str, Judgement],
+                      owners: TemplateOwners, hold_if_model_down: bool) -> list[JudgedWindow]:  # fmt: skip
+        """Template mode in a group: judge the templates this member owns (and the requests of
+        other members for them); ask the owners of the rest and wait for their answers through
+        the cache topic, serving requests meanwhile, so two members waiting on each other both
+        go on. A template whose owner stays silent for judging.remote_wait_s is judged here."""
+        local: dict[str, str] = {}
+        remote: dict[str, str] = {}
+        for tid, text in wanted.items():
+            if not owners.owns(tid) and owners.ask(tid, text):
+                remote[tid] = text
+            else:
+                local[tid] = text
+        fresh: dict[str, Judgement] = {}
+        while True:
+            serving = self._requests_to_serve(owners, local)
+            batch = {**serving, **local}
+            if batch:
+                fresh.update(self._decide(batch, hold_if_model_down, serving))
+                local = {}
+            for tid in list(remote):
+                judgement = self.cache.get(tid)
+                if judgement is not None:  # the owner's answer came in (or a correction did)
+                    known[tid] = judgement
+                    del remote[tid]
+                elif owners.owns(tid):  # the assignment moved: this member is its owner now
+                    local[tid] = remote.pop(tid)
+                elif owners.overdue(tid):
+                    self._metrics.template_routing.labels("timed_out").inc()
+                    log.warning("template_owner_silent", template=tid, partition=owners.partition_of(tid),
+                                waited_s=self._settings.remote_wait_s)  # fmt: skip
+                    local[tid] = remote.pop(tid)
+            if local:
+                continue
+            if not remote:
+                break
+            owners.wait(remote)
+        for tid in wanted:
+            owners.settled(tid)
+        return [self._from_templates(window, fresh, known) for window in windows]
+
+    def _requests_to_serve(self, owners: TemplateOwners, local: dict[str, str]) -> dict[str, str]:
+        """Other members' requests due now that need the model; those answered here already
+        are shared again (the requester may not have seen the answer) and closed at once."""
+        serving: dict[str, str] = {}
+        for tid, text in owners.to_serve().items():
+            judgement = None if tid in local else self.cache.get(tid)
+            if judgement is None:
+                serving[tid] = text
+                continue
+            answer = self.cache.answer(tid)  # the model's, never a correction (each member has those)
+            if answer is not None and self.cache.on_new is not None:
+                self.cache.on_new((tid, answer))
+            owners.served(tid, unknown=judgement.reason if answer is None and judgement.label == "unknown" else None)
+        return serving
 
     def _from_templates(self, window: Window, fresh: dict[str, Judgement], known: dict[str, Judgement]) -> JudgedWindow:
         labels: dict[str, VerdictLabel] = {}
@@ -375,6 +452,21 @@ class JudgeWorker:
         self._thread = threading.Thread(target=self._run, name="judge", daemon=True)
         self._thread.start()
 
+    def route(self, owners: TemplateOwners) -> None:
+        """Judge in a group: each template by its owner (stream/template_owners.py). The thread
+        also wakes, with no window to judge, to serve other members' requests."""
+        self._judge.owners = owners
+        owners.on_wake(self._wake)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _serving_due(self) -> bool:
+        owners = self._judge.owners
+        return owners is not None and owners.has_work()
+
     @property
     def holding(self) -> bool:
         """Windows are being held for a model that is away (policy `wait`, deadline not passed):
@@ -425,14 +517,19 @@ class JudgeWorker:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._judge.owners is not None:
+            self._judge.owners.close()  # a judge waiting for another member's answer stops waiting
         self._thread.join(timeout=5)
 
     def _next_batch(self) -> list[Window] | None:
         with self._cond:
-            while not self._pending and not self._closed:
-                self._cond.wait()
+            while not self._pending and not self._closed and not self._serving_due():
+                owners = self._judge.owners
+                self._cond.wait(owners.next_due_in() if owners is not None else None)
             if self._closed:
                 return None
+            if not self._pending:
+                return []  # no window, only other members' requests to serve
             # Let a batch fill for up to max_wait_ms: fewer, fuller model calls.
             deadline = time.monotonic() + self._settings.max_wait_ms / 1000.0
             while len(self._pending) < self._settings.max_batch and not self._closed:
@@ -463,6 +560,8 @@ class JudgeWorker:
         while True:
             try:
                 judged = self._judge.judge(batch, hold_if_model_down=self._may_hold())
+            except OwnersClosed:
+                return None
             except ModelDown as exc:
                 if self._down_since is None:
                     self._down_since = time.monotonic()
