@@ -39,11 +39,11 @@ COMPONENT = re.compile(rb"^\S+ \S+ \S+ \S+ (\S+?):")
 RATE_LINES_PER_S = 1000  # the file takes ~20 s to arrive
 CHUNK = 250
 KILL_AFTER_LINES = 8000  # ~40% of the file
-# Issue 19 asks for at most 1.1 calls a template across the group; measured 17 and 24-25 for 16
-# templates (members closing windows at the same moment ask about a template before the first
-# answer reaches them through the cache topic). The bound asserted is the one the shared cache
-# keeps with room for CI load: without it each of the four members judges every template (4x).
-MODEL_CALLS_PER_TEMPLATE = 2.5
+# Issue 19: model calls across the group stay <= 1.1x the distinct templates. Every window here
+# closes at the same moment on every member (the idle timeout at the end), the worst case: with
+# the shared cache topic alone, 17 to 25 calls for 16 templates were measured; one judge per
+# template (stream/template_owners.py) routes each to the member owning its partition.
+MODEL_CALLS_PER_TEMPLATE = 1.1
 CLI = Path(sys.executable).with_name("rationanomaly")
 
 
@@ -67,6 +67,7 @@ class DetectorProcess:
         self.proc = subprocess.Popen([str(CLI), "run", "--config", str(path)], stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)  # fmt: skip
         self.model_calls = 0.0
+        self.routing: dict[str, float] = {}
 
     def logged(self, event: str) -> bool:
         return f'"event": "{event}"'.encode() in self.log_path.read_bytes() or f'"event":"{event}"'.encode() in self.log_path.read_bytes()
@@ -80,6 +81,9 @@ class DetectorProcess:
         for line in body.splitlines():
             if line.startswith("rationanomaly_model_latency_seconds_count"):
                 self.model_calls = max(self.model_calls, float(line.split()[-1]))
+            elif line.startswith("rationanomaly_template_routing_total{"):
+                event = line.split('event="', 1)[1].split('"', 1)[0]
+                self.routing[event] = max(self.routing.get(event, 0.0), float(line.split()[-1]))
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
         if self.proc.poll() is None:
@@ -231,9 +235,15 @@ def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hd
     for v in verdicts:
         keys[v["window"]["key"]].add(v["verdict_id"])
     model_calls = sum(m.model_calls for m in members)
+    # The templates the group met: Drain3 runs behind the hop, one miner a partition, and may
+    # make a template or two more than the replay's single miner (stream/README.md).
+    group_templates = {t["id"] for v in verdicts for t in v["templates"]}
+    routing = {m.name: m.routing for m in members}
+    calls = {m.name: m.model_calls for m in members}
     print(f"\nscale-out: {len(ids)} verdict ids ({len(verdicts)} records), {sum(len(s) > 1 for s in keys.values())} keys "
-          f"with several windows, model calls {model_calls:g} for {len(templates)} distinct templates, "
-          f"exits {codes}, timeline {({k: round(x, 1) for k, x in timeline.items()})}")  # fmt: skip
+          f"with several windows, model calls {model_calls:g} ({calls}) for "
+          f"{len(group_templates)} distinct templates in the group's verdicts ({len(templates)} in the replay's), "
+          f"routing {routing}, exits {codes}, timeline {({k: round(x, 1) for k, x in timeline.items()})}")  # fmt: skip
 
     # The same windows as `rationanomaly replay`: every block once, each with all its lines and
     # each line once (key, start, end and line count equal), none partial.
@@ -252,8 +262,7 @@ def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hd
     assert sum(w[3] for w in ref_windows) == memberships
     assert read_topic(kafka_bootstrap, dlq, idle_s=2.0) == []
     assert {c for name, c in codes.items() if name != "detector-2"} == {0}, codes
-    # Members read each other's answers from the shared cache topic, so a template is judged
-    # about once per group, not once per member (see MODEL_CALLS_PER_TEMPLATE).
-    assert model_calls <= MODEL_CALLS_PER_TEMPLATE * len(templates), (
-        f"{model_calls:g} model calls across the group for {len(templates)} distinct templates"
+    # Each template is judged by its owner, once per group, not once per member that meets it.
+    assert model_calls <= MODEL_CALLS_PER_TEMPLATE * len(group_templates), (
+        f"{model_calls:g} model calls across the group for {len(group_templates)} distinct templates ({routing})"
     )
