@@ -162,3 +162,16 @@ def produce_by_key(bootstrap: str, topic: str, values: list[bytes], keys: list[b
                 producer.poll(0.5)
     if producer.flush(60):
         raise RuntimeError("lines not delivered")
+
+
+def test_a_request_topic_with_the_wrong_configs_stops_the_detector_with_exit_2(kafka_bootstrap, real_backend,
+                                                                              backend_settings, tmp_path):  # fmt: skip
+    logs, out, dlq = unique("routed"), unique("verdicts"), unique("dlq")
+    create_topics(kafka_bootstrap, logs, out, dlq)
+    group = unique("routed-group")
+    # Made by hand with the broker's defaults: delete policy, so open requests would vanish.
+    create_topics(kafka_bootstrap, f"{group}-judge-requests")
+    settings = detector_settings(kafka_bootstrap, logs, out, dlq, tmp_path, kafka={"group_id": group},
+                                 backend=backend_settings.model_dump())  # fmt: skip
+    detector = Detector(settings, RunLimits(stop_at_eof=True, max_seconds=60), backend=SharedModel(real_backend))
+    assert detector.run() == 2
