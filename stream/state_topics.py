@@ -125,7 +125,8 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
             + "; ".join(errors)
             + ". Fix them (kafka-configs --alter --entity-type topics --entity-name NAME --add-config "
             "cleanup.policy=compact,max.message.bytes=2097152; more partitions with kafka-topics --alter), "
-            "or name other topics in the `state` settings section"
+            "or name other topics in the `state` settings section (`<group>-judge-requests` has no "
+            "setting: its requests are transient, so it may be deleted and is made again at start)"
         )
     return created
 
