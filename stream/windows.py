@@ -17,8 +17,12 @@ older than `watermark - grace_ms`: for a session, `watermark >= end + gap + grac
 - A line arriving after its key's session or bucket closed ("late") is never dropped: it opens
   a new window, which the next `advance` closes. `stats.late` counts lines older than
   `watermark - grace_ms` when they arrive.
-- A session has one open window per key: an out-of-order line earlier than the session's start
-  joins it (start moves back); a line `gap_ms` or more after its end closes it and starts anew.
+- Sessions follow the lines' times, not their arrival order. A line joins the open session of
+  its key that it is less than `gap_ms` from (an out-of-order line before the session's start
+  moves the start back). A line `gap_ms` or more after the session's end, or before its start,
+  belongs to another session and opens one, so a key may have several open at once (lines
+  behind the repartition hop arrive interleaved across upstream partitions). A line within the
+  gap of two open sessions joins them into one, as Kafka Streams merges sessions.
 - Lines with no session key join no window and are counted in `stats.unkeyed` (`add` returns no
   window for them); their offsets are held by nothing, so the ledger may commit past them.
 
@@ -107,6 +111,7 @@ class WindowStats:
     opened: int = 0
     closed: int = 0
     forced: int = 0  # closed early by a memory cap (also among `closed`)
+    merged: int = 0  # sessions joined into another by a line within the gap of both (not closed)
 
 
 class _Open:
@@ -141,10 +146,13 @@ class Windower:
         self._s = settings
         self._kind = settings.kind
         self._findall = re.compile(settings.key_pattern).findall
-        self._open: dict[Any, _Open] = {}  # session/count: key; time: (key, bucket)
-        # (deadline, push number, window); every open window has an entry no later than its
-        # deadline (_NEVER for none), so the top finds the window due to close first.
-        self._heap: list[tuple[int, int, _Open]] = []
+        self._open: dict[Any, _Open] = {}  # session: (key, seq); count: key; time: (key, bucket)
+        self._sessions: dict[str, list[_Open]] = {}  # key -> its open sessions (session kind)
+        # (deadline, opening number, push number, window); every open window has an entry no
+        # later than its deadline (_NEVER for none), so the top finds the window due to close
+        # first, and windows due together close in the order they opened, whatever the pushes
+        # (a restored windower closes them in the same order as the one that saved it).
+        self._heap: list[tuple[int, int, int, _Open]] = []
         self._held = 0  # lines in open windows
         self._pushes = 0
         self._seq = 0
@@ -221,15 +229,46 @@ class Windower:
         return value or MISSING_KEY
 
     def _add_session(self, key: str, log: ParsedLog, t: int, closed: list[Window]) -> None:
-        win = self._open.get(key)
-        if win is not None:
-            limit = self._s.max_duration_ms
-            if t - win.end_ms >= self._s.gap_ms or (limit is not None and t - win.start_ms >= limit):
-                closed.append(self._close(win))
+        open_ = self._sessions.get(key)
+        if open_ is not None:
+            gap = self._s.gap_ms
+            if len(open_) == 1:  # the usual case: no list to build
+                win = open_[0]
+                joins = [win] if t - win.end_ms < gap and win.start_ms - t < gap else None
             else:
-                self._extend(win, log, t, closed)
-                return
-        self._start(key, key, 0, log, closed)
+                joins = [w for w in open_ if t - w.end_ms < gap and w.start_ms - t < gap] or None
+            if joins is not None:
+                win = joins[0]
+                for other in joins[1:]:
+                    self._merge(win, other)
+                limit = self._s.max_duration_ms
+                if limit is not None and t - win.start_ms >= limit:
+                    closed.append(self._close(win))
+                else:
+                    self._extend(win, log, t, closed)
+                    return
+        self._start(None, key, 0, log, closed)
+
+    def _merge(self, win: _Open, other: _Open) -> None:
+        """`other`'s lines join `win` (a line fell within the gap of both): one session."""
+        first, second = (win, other) if win.start_ms <= other.start_ms else (other, win)
+        win.sequence = first.sequence + second.sequence
+        for tid, text in other.templates.items():
+            win.templates.setdefault(tid, text)
+        for partition, (low, high) in other.offsets.items():
+            bounds = win.offsets.get(partition)
+            if bounds is None:
+                win.offsets[partition] = [low, high]
+            else:
+                bounds[0], bounds[1] = min(bounds[0], low), max(bounds[1], high)
+        win.start_ms, win.end_ms = min(win.start_ms, other.start_ms), max(win.end_ms, other.end_ms)
+        win.lines += other.lines
+        win.label = max(win.label, other.label)
+        other.closed = True
+        self.stats.merged += 1
+        del self._open[other.slot]
+        self._sessions[other.key].remove(other)
+        self._schedule(win)
 
     def _add_count(self, key: str, log: ParsedLog, t: int, closed: list[Window]) -> None:
         win = self._open.get(key)
@@ -253,11 +292,15 @@ class Windower:
         else:
             self._extend(win, log, t, closed)
 
-    def _start(self, slot: Any, key: str, bucket: int, log: ParsedLog, closed: list[Window]) -> _Open:
+    def _start(self, slot: Any | None, key: str, bucket: int, log: ParsedLog, closed: list[Window]) -> _Open:
         while len(self._open) >= self._s.max_open_windows:
             closed.append(self._force_close("max_open_windows"))
         self._seq += 1
-        win = _Open(slot, key, bucket, self._seq, log)
+        if slot is None:  # a session: one key may have several
+            slot = (key, self._seq)
+            self._sessions.setdefault(key, []).append(win := _Open(slot, key, bucket, self._seq, log))
+        else:
+            win = _Open(slot, key, bucket, self._seq, log)
         self._open[slot] = win
         self._held += 1
         self.stats.opened += 1
@@ -309,7 +352,7 @@ class Windower:
         if len(self._heap) > 2 * len(self._open) + 1024:
             self._compact()
         self._pushes += 1
-        heapq.heappush(self._heap, (self._deadline(win), self._pushes, win))
+        heapq.heappush(self._heap, (self._deadline(win), win.seq, self._pushes, win))
 
     def _compact(self) -> None:
         """Drops the entries of closed windows and stale ones (windows that closed by count or a
@@ -317,7 +360,7 @@ class Windower:
         heap = []
         for win in self._open.values():
             self._pushes += 1
-            heap.append((self._deadline(win), self._pushes, win))
+            heap.append((self._deadline(win), win.seq, self._pushes, win))
         heapq.heapify(heap)
         self._heap = heap
 
@@ -325,14 +368,14 @@ class Windower:
         """Closes the open window due to close first (a memory cap was reached)."""
         heap = self._heap
         while heap:
-            key, _, win = heapq.heappop(heap)
+            key, _, _, win = heapq.heappop(heap)
             if win.closed:
                 continue
             deadline = self._deadline(win)
             if deadline > key and heap and deadline > heap[0][0]:
                 # A stale entry (the window grew since): another window may be due first.
                 self._pushes += 1
-                heapq.heappush(heap, (deadline, self._pushes, win))
+                heapq.heappush(heap, (deadline, win.seq, self._pushes, win))
                 continue
             return self._close(win, cap)
         raise AssertionError("an open window without a heap entry")  # every _start schedules one
@@ -350,13 +393,13 @@ class Windower:
         closed: list[Window] = []
         # Entries are lazy: a window that grew since it was pushed is pushed again when popped.
         while heap and heap[0][0] <= watermark:  # never true for _NEVER
-            _, _, win = heapq.heappop(heap)
+            _, _, _, win = heapq.heappop(heap)
             if win.closed:
                 continue
             deadline = self._deadline(win)
             if deadline > watermark:
                 self._pushes += 1
-                heapq.heappush(heap, (deadline, self._pushes, win))
+                heapq.heappush(heap, (deadline, win.seq, self._pushes, win))
             else:
                 closed.append(self._close(win))
         return closed
@@ -365,11 +408,18 @@ class Windower:
         """End of input: closes every open window, in the order they opened."""
         closed = [self._close(win) for win in list(self._open.values())]
         self._heap.clear()
+        self._sessions.clear()
         return closed
 
     def _close(self, win: _Open, forced: ForcedBy | None = None) -> Window:
         win.closed = True
         del self._open[win.slot]
+        if self._kind is WindowKind.SESSION:
+            sessions = self._sessions[win.key]
+            if len(sessions) == 1:
+                del self._sessions[win.key]
+            else:
+                sessions.remove(win)
         self._held -= win.lines
         self.stats.closed += 1
         if forced is not None:
@@ -440,7 +490,13 @@ class Windower:
         for w in snap.open:
             self._seq += 1
             win = _Open.__new__(_Open)
-            win.slot = (w.key, w.bucket) if self._kind is WindowKind.TIME else w.key
+            if self._kind is WindowKind.TIME:
+                win.slot = (w.key, w.bucket)
+            elif self._kind is WindowKind.SESSION:
+                win.slot = (w.key, self._seq)
+                self._sessions.setdefault(w.key, []).append(win)
+            else:
+                win.slot = w.key
             win.key, win.bucket, win.seq = w.key, w.bucket, self._seq
             win.start_ms, win.end_ms, win.lines = w.start_ms, w.end_ms, w.lines
             win.sequence = list(w.sequence)
@@ -466,6 +522,7 @@ class _StatsState(BaseModel):
     opened: int = 0
     closed: int = 0
     forced: int = 0
+    merged: int = 0
 
 
 class _OpenState(BaseModel):

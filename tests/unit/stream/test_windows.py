@@ -68,13 +68,53 @@ def test_grace_delays_closing() -> None:
     assert len(w.advance(13 * S)) == 1
 
 
-def test_a_line_after_the_gap_closes_the_session_in_add() -> None:
-    w = session()
+def test_a_line_the_gap_or_more_after_the_session_opens_another() -> None:
+    w = session(grace_ms=3 * S)
     w.add(log(0, "blk_1 a", 0))
-    [old] = w.add(log(10, "blk_1 b", 1))  # exactly gap_ms later: a new session
+    assert w.add(log(10, "blk_1 b", 1)) == []  # exactly gap_ms later: a new session
+    assert w.open_count == 2
+    [old] = w.advance(13 * S)  # the old one's end + gap + grace
     assert lines_of(old) == [0]
     [new] = w.flush()
     assert lines_of(new) == [1] and new.start_ms == 10 * S
+
+
+def test_an_on_time_straggler_joins_the_session_it_belongs_to() -> None:
+    w = session(grace_ms=3 * S)
+    w.add(log(0, "blk_1 a", 0))
+    w.add(log(12, "blk_1 b", 1))  # a second session
+    assert w.add(log(1, "blk_1 c", 2)) == []  # 11 s before the second: the first one's
+    assert w.advance(13 * S) == []  # the first now ends at 1 s: due at 14 s
+    [old] = w.advance(14 * S)
+    assert lines_of(old) == [0, 2]
+    [new] = w.flush()
+    assert lines_of(new) == [1]
+
+
+def test_sessions_follow_event_time_not_arrival_order() -> None:
+    """Lines behind the hop arrive interleaved across upstream partitions: the windows must be
+    the ones in-order arrival makes."""
+    times = [0, 4, 30, 33, 60, 12]  # 12 arrives last, within the gap of neither 4 nor 30... (8 s, 18 s)
+    in_order = session(grace_ms=100 * S)
+    for i in sorted(range(len(times)), key=lambda i: times[i]):
+        in_order.add(log(times[i], "blk_7 x", i))
+    shuffled = session(grace_ms=100 * S)
+    for i in (4, 2, 5, 0, 3, 1):
+        shuffled.add(log(times[i], "blk_7 x", i))
+    spans = lambda ws: sorted((x.start_ms, x.end_ms, x.lines) for x in ws)  # noqa: E731
+    assert spans(shuffled.flush()) == spans(in_order.flush()) == [(0, 12 * S, 3), (30 * S, 33 * S, 2), (60 * S, 60 * S, 1)]
+
+
+def test_a_line_within_the_gap_of_two_sessions_merges_them() -> None:
+    w = session(grace_ms=100 * S)
+    w.add(log(0, "blk_2 a", 0))
+    w.add(log(16, "blk_2 b", 1))  # 16 s after: a second session
+    assert w.open_count == 2
+    w.add(log(8, "blk_2 c", 2))  # 8 s from each: one session again
+    assert w.open_count == 1 and w.stats.merged == 1
+    [one] = w.flush()
+    assert (one.start_ms, one.end_ms, one.lines) == (0, 16 * S, 3)
+    assert sorted(lines_of(one)) == [0, 1, 2] and one.offsets[0].first == 0 and one.offsets[0].last == 2
 
 
 def test_max_duration_splits_a_busy_session() -> None:
@@ -269,7 +309,7 @@ def test_random_streams_emit_each_window_once_and_window_every_keyed_line(settin
     windows += w.flush()
     got = Counter((x.key, int(tid[1:])) for x in windows for tid in x.sequence)
     assert got == expected
-    assert len({id(x) for x in windows}) == len(windows) == w.stats.closed == w.stats.opened
+    assert len({id(x) for x in windows}) == len(windows) == w.stats.closed == w.stats.opened - w.stats.merged
     assert all(x.lines == len(x.sequence) for x in windows)
     assert all(x.start_ms <= x.end_ms for x in windows)
 
