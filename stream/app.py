@@ -157,11 +157,13 @@ class Detector:
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
+        self._hop_inputs = 0  # input partitions feeding each window partition, behind the hop
         if repartition.hop_needed(s):
             self._open_hop()
         # VerdictMemory: a correction naming a verdict_id resolves to that verdict's templates
         sink = VerdictMemory(KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic))
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
+        self._engine.pipeline.upstream_partitions = self._hop_inputs
         self._state = self._open_state(self._window_topic)
 
     def _open_hop(self) -> None:
@@ -180,6 +182,7 @@ class Detector:
         repartition.ensure_topic(AdminClient(self._kafka), name, partitions, s.input.repartition_retention_ms)
         self._window_topic = name
         self._rekeyer = Rekeyer(s)
+        self._hop_inputs = len(meta.partitions)
         log.info("repartition_hop", input=s.input.topic, topic=name, partitions=partitions)
 
     def _open_state(self, consumed_topic: str) -> DetectorState:

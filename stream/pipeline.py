@@ -50,6 +50,11 @@ class PartitionState:
     prune_at: int = 1024  # size of `produced` that triggers pruning it (replay never checkpoints)
     # After the repartition hop: the input lines this partition already took (repartition.py)
     upstream: UpstreamMarks = field(default_factory=UpstreamMarks)
+    # After the hop: input partition -> [largest event time from it, when its last line came
+    # (caller's clock)]. The watermark is the least of them, as Kafka Streams' stream time is
+    # the least over a task's partitions (see `advance`).
+    upstream_clocks: dict[int, list] = field(default_factory=dict)
+    upstream_since_s: float | None = None  # when the first line behind the hop came
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +92,9 @@ class Pipeline:
         self.verdicts = 0
         self.dead_letters = 0
         self.repeats = 0  # repartition records dropped as copies of lines already taken
+        # Behind the hop: the input topic's partition count (the app sets it). Until each has
+        # sent a line, or the wait has lasted `input.idle_timeout_s`, the watermark holds.
+        self.upstream_partitions = 0
 
     # -- partitions -------------------------------------------------------------------------
     def state(self, partition: int) -> PartitionState:
@@ -171,21 +179,34 @@ class Pipeline:
             if event is not None:
                 self._process(state, event.head, event)
             return
-        self._process(state, record, None, only_key)
+        t = self._process(state, record, None, only_key, upstream is None)
+        if upstream is not None and t is not None:
+            if state.upstream_since_s is None:
+                state.upstream_since_s = now_s
+            clock = state.upstream_clocks.get(upstream[0])
+            if clock is None:
+                state.upstream_clocks[upstream[0]] = [t, now_s]
+            else:
+                if t > clock[0]:
+                    clock[0] = t
+                clock[1] = now_s
 
     def _joiner(self) -> LineJoiner | None:
         rule = self._profile.multiline
         return None if rule is None else LineJoiner(rule)
 
-    def _process(self, state: PartitionState, record: LogRecord, event: Event | None, only_key: str | None = None) -> None:
-        """One event (a line, or a head line with its continuation lines) into its windows."""
+    def _process(self, state: PartitionState, record: LogRecord, event: Event | None, only_key: str | None = None,
+                 moves_watermark: bool = True) -> int | None:  # fmt: skip
+        """One event (a line, or a head line with its continuation lines) into its windows; its
+        event time, or None when it was dead-lettered. Behind the hop (`moves_watermark` False),
+        the caller keeps the watermark per upstream partition instead."""
         source = record.source
         header = self._headers.split(record)
         if isinstance(header, DeadLetter):
             if event is not None and event.line_count > 1:  # the letter carries the whole event
                 header = DeadLetter(header.source, header.stage, header.error, "\n".join(event.lines).encode("utf-8"), header.key)
             self._dead(header)
-            return
+            return None
         content = header.content
         if event is not None and event.line_count > 1:
             # Drain3 mines the head line, led by the innermost exception's class: leading, it
@@ -214,7 +235,7 @@ class Pipeline:
             component=header.component,
             ground_truth=header.ground_truth,
         )
-        if parsed.event_time_ms > state.watermark_ms:
+        if moves_watermark and parsed.event_time_ms > state.watermark_ms:
             state.watermark_ms = parsed.event_time_ms
         if source.offset <= state.replay_until:
             skip = {k for k, last in state.produced.items() if last >= source.offset}
@@ -223,6 +244,7 @@ class Pipeline:
             closed = state.windower.add(parsed, only_key=only_key)
         if closed:
             self._submit(source.partition, closed)
+        return parsed.event_time_ms
 
     def dead(self, letter: DeadLetter) -> None:
         """A record the repartition hop could not use (it never reaches `feed`)."""
@@ -268,6 +290,8 @@ class Pipeline:
                 event = state.joiner.expire(now_s)
                 if event is not None:
                     self._process(state, event.head, event)
+            if state.upstream_clocks:
+                self._upstream_watermark(state, now_s - idle_s if idle else None, self.upstream_partitions)
             closed = state.windower.advance(state.watermark_ms)
             if not idle:
                 if state.last_activity_s is not None:
@@ -278,6 +302,24 @@ class Pipeline:
             if closed:
                 self._submit(partition, closed)
         self.observe()
+
+    @staticmethod
+    def _upstream_watermark(state: PartitionState, idle_before_s: float | None, upstreams: int) -> None:
+        """Behind the hop, lines of one window partition come from every input partition,
+        interleaved as the group happens to read them. Each input partition's lines keep their
+        order, so the least of their largest event times is a time no later line should precede:
+        the watermark. An input partition that sent nothing since `idle_before_s` (caller's
+        clock; None while input is paused) stops holding it back, as Kafka Streams stops waiting
+        for an empty partition after `max.task.idle.ms`. An input partition not heard from yet
+        holds it the same way, counted from the first line behind the hop."""
+        waiting = idle_before_s is None or (state.upstream_since_s or 0.0) > idle_before_s
+        if waiting and len(state.upstream_clocks) < upstreams:
+            return
+        clocks = state.upstream_clocks.values()
+        active = [c[0] for c in clocks if idle_before_s is None or c[1] > idle_before_s]
+        watermark = min(active) if active else max(c[0] for c in clocks)
+        if watermark > state.watermark_ms:
+            state.watermark_ms = watermark
 
     def observe(self) -> None:
         """The bounded quantities, as gauges (once per poll, not per line)."""

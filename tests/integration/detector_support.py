@@ -37,7 +37,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def produce_lines(bootstrap: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None) -> None:
+def produce_lines(bootstrap: str, topic: str, values: Sequence[bytes | None], keys: Sequence[bytes | None] | None = None,
+                  partition: int | None = 0) -> None:
+    """Lines in order to `partition`; with `partition=None` the keys choose (Kafka's default partitioner)."""
     # Idempotence keeps the order on a retry (a topic just created may refuse the first batch).
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 20, "message.max.bytes": 4 * 1024 * 1024, "enable.idempotence": True}
@@ -45,7 +47,11 @@ def produce_lines(bootstrap: str, topic: str, values: Sequence[bytes | None], ke
     for i, value in enumerate(values):
         while True:
             try:
-                producer.produce(topic, value=value, key=None if keys is None else keys[i], partition=0)
+                key = None if keys is None else keys[i]
+                if partition is None:
+                    producer.produce(topic, value=value, key=key)
+                else:
+                    producer.produce(topic, value=value, key=key, partition=partition)
                 break
             except BufferError:
                 producer.poll(0.5)

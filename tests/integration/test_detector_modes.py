@@ -8,6 +8,7 @@ import urllib.request
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from rationanomaly.stream.app import Detector, RunLimits
 from rationanomaly.stream.replay import replay_files, replay_topic
@@ -50,6 +51,58 @@ def test_exactly_once_commits_verdicts_and_offsets_together(kafka_bootstrap, hdf
     # The shipped adapter ranks (decision.json): every decided verdict carries its confidence.
     decided = [v for v in verdicts if v["verdict"] != "unknown"]
     assert decided and all(0.5 <= v["confidence"] <= 1.0 for v in decided)
+
+
+def test_exactly_once_through_the_repartition_hop_matches_file_replay(
+    kafka_bootstrap, hdfs_2k, real_backend, backend_settings, tmp_path
+):
+    """Input keyed by component over 3 partitions, as a shipper keys it: lines cross the hop
+    inside the same transactions as the input offsets, and every block is one whole window."""
+    logs, out, dlq = unique("eos-hop"), unique("verdicts"), unique("dlq")
+    create_topics(kafka_bootstrap, logs, partitions=3)
+    create_topics(kafka_bootstrap, out, dlq)
+    values = file_values(hdfs_2k)
+    produce_lines(kafka_bootstrap, logs, values, keys=[_component(v) for v in values], partition=None)
+    settings = detector_settings(
+        kafka_bootstrap, logs, out, dlq, tmp_path,
+        output={"exactly_once": True, "transactional_id": unique("tx")},
+        backend=backend_settings.model_dump(),
+    )
+    detector = Detector(settings, RunLimits(stop_at_eof=True, max_seconds=600), backend=real_backend)
+    assert detector.run() == 0
+    _, reference = _replayed(hdfs_2k, real_backend, backend_settings)
+    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(reference)))  # read_committed
+
+    def windows(vs):
+        return sorted((v["window"]["key"], v["window"]["start_ms"], v["window"]["end_ms"], v["window"]["lines"]) for v in vs)
+
+    assert windows(verdicts) == windows(reference)  # none split, none twice
+    assert sorted(v["verdict_id"] for v in verdicts) == sorted(v["verdict_id"] for v in reference)
+    assert {v["verdict_id"]: v["verdict"] for v in verdicts} == {v["verdict_id"]: v["verdict"] for v in reference}
+    ends = _end_offsets(kafka_bootstrap, logs, 3)
+    assert sum(ends) == len(values) and min(ends) > 0  # the keys did spread the lines
+    assert _committed_offsets(kafka_bootstrap, settings.kafka.group_id, logs, 3) == ends
+
+
+def _component(value: bytes) -> bytes | None:
+    fields = value.split(b" ", 5)
+    return fields[4].rstrip(b":") if len(fields) > 5 else None
+
+
+def _end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("ends")})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        consumer.close()
+
+
+def _committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+    finally:
+        consumer.close()
 
 
 def _replayed(path, backend, backend_settings, limit: int | None = None, tmp_path=None):

@@ -152,3 +152,74 @@ def test_a_revoked_partition_never_publishes_its_windows_still_with_the_model(tm
     published = [line for line in out.getvalue().splitlines() if line]
     assert len(published) == 1 and b'"blk_1"' in published[0]
     assert pipeline.in_flight == 0 and pipeline.committable(0) is None and pipeline.committable(1) == 3
+
+
+def test_behind_the_hop_a_lagging_input_partition_holds_the_watermark_back(tmp_path) -> None:
+    """One input partition read an hour ahead of another must not close the other's windows
+    before their lines arrive: the watermark is the least of the input partitions' times."""
+    import io
+
+    import orjson
+
+    from rationanomaly.stream.engine import build_engine
+    from rationanomaly.stream.siem import OutputFormat
+    from rationanomaly.stream.sinks import JsonlSink
+
+    def line(hhmmss: str, block: str) -> bytes:
+        return f"081109 {hhmmss} 35 INFO dfs.FSNamesystem: BLOCK* allocateBlock: {block}".encode()
+
+    arrivals = [  # (input partition, line) in the order the window partition receives them
+        (0, line("200000", "blk_1")),
+        (0, line("210000", "blk_2")),  # input partition 0 is an hour ahead
+        (1, line("200000", "blk_3")),
+        (1, line("200001", "blk_3")),  # one second later: the same session
+        (1, line("200002", "blk_1")),
+    ]
+    settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, state={"store": "local"})
+    out = io.BytesIO()
+    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=_Answer())
+    pipeline = engine.pipeline
+    pipeline.upstream_partitions = 2
+    try:
+        for offset, (upstream, value) in enumerate(arrivals):
+            block = value.rsplit(b" ", 1)[1].decode()
+            pipeline.feed(value, None, SourceRef("g-repartition", 0, offset), None, 0.0,
+                          only_key=block, upstream=(upstream, offset))  # fmt: skip
+            pipeline.advance(0.0)
+        assert pipeline.windows == 0  # input partition 1 is still at 20:00:02
+        pipeline.feed(line("210001", "blk_4"), None, SourceRef("g-repartition", 0, 5), None, 0.0,
+                      only_key="blk_4", upstream=(1, 5))  # fmt: skip
+        pipeline.advance(0.0)  # both input partitions past 20:05:02: blk_1 and blk_3 close
+        assert pipeline.windows == 2
+        pipeline.finish()
+        assert engine.worker.wait_idle(30)
+        pipeline.publish(0)
+    finally:
+        engine.close()
+    windows = {v["window"]["key"]: v["window"]["lines"] for v in map(orjson.loads, out.getvalue().splitlines())}
+    assert windows == {"blk_1": 2, "blk_2": 1, "blk_3": 2, "blk_4": 1}
+
+
+def test_behind_the_hop_an_input_partition_gone_quiet_stops_holding_the_watermark(tmp_path) -> None:
+    import io
+
+    from rationanomaly.stream.engine import build_engine
+    from rationanomaly.stream.siem import OutputFormat
+    from rationanomaly.stream.sinks import JsonlSink
+
+    settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, state={"store": "local"},
+                             input={"idle_timeout_s": 30})  # fmt: skip
+    engine = build_engine(settings, JsonlSink(io.BytesIO(), OutputFormat.NATIVE, None), backend=_Answer())
+    pipeline = engine.pipeline
+    pipeline.upstream_partitions = 3  # input partition 2 never sends a line
+    try:
+        feed = [(1, "200000", "blk_9", 0.0), (0, "200000", "blk_5", 0.0), (0, "210000", "blk_6", 20.0)]
+        for offset, (upstream, hhmmss, block, now) in enumerate(feed):
+            value = f"081109 {hhmmss} 35 INFO dfs.FSNamesystem: BLOCK* allocateBlock: {block}".encode()
+            pipeline.feed(value, None, SourceRef("g-repartition", 0, offset), None, now, only_key=block, upstream=(upstream, offset))
+        pipeline.advance(20.0)
+        assert pipeline.windows == 0  # input partition 1 (20:00:00) holds it back
+        pipeline.advance(31.0)  # 31 s without a line from input partition 1: it stops holding
+        assert pipeline.windows == 2
+    finally:
+        engine.close()
