@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import structlog
 
@@ -47,6 +47,10 @@ from rationanomaly.model.ranking import (
     rank_model_id,
 )
 from rationanomaly.model.settings import BackendSettings
+
+if TYPE_CHECKING:
+    from rationanomaly.model.retrieval import ReviewedMemory
+    from rationanomaly.model.sessions import SessionRules
 
 log = structlog.get_logger(__name__)
 
@@ -231,35 +235,53 @@ def rank_threshold(settings: BackendSettings) -> float | None:
         raise BackendError(str(error)) from error
 
 
-def make_decider(settings: BackendSettings, *, backend: Backend | None = None, retries: int = 2) -> Decider:
+def make_decider(settings: BackendSettings, *, backend: Backend | None = None, retries: int = 2,
+                 memory: ReviewedMemory | None = None, rules: SessionRules | None = None) -> Decider:
     """The decider `settings.decision` names, over `backend` (built from `settings` when not
-    handed in). See the module's docstring for what `auto` means."""
+    handed in). See the module's docstring for what `auto` means.
+
+    `memory`: reviewed templates the rank decision consults (`model.retrieval.RetrievalDecider`
+    around the rank decider, inside any explanation). `rules`: session rules that decide
+    windows (`model.sessions.SessionDecider`, outermost). Both are built by the caller, which
+    knows where the data lies."""
     from rationanomaly.model.backends import make_backend
 
     owned = backend is None
     backend = backend if backend is not None else make_backend(settings)
     try:
-        return _choose(settings, backend, retries)
+        decider = _choose(settings, backend, retries, memory)
+        if rules is not None:
+            from rationanomaly.model.sessions import SessionDecider
+
+            decider = SessionDecider(decider, rules)
+        return decider
     except BaseException:
         if owned:
             backend.close()
         raise
 
 
-def _choose(settings: BackendSettings, backend: Backend, retries: int) -> Decider:
+def _generating(memory: ReviewedMemory | None, backend: Backend, retries: int) -> Decider:
+    if memory is not None:
+        log.warning("retrieval_off", reason="the reviewed-example memory blends the rank decision's margin; "
+                    "this detector generates", fix="decision=rank (or auto with a calibrated threshold)")
+    return GenerateDecider(backend, retries)
+
+
+def _choose(settings: BackendSettings, backend: Backend, retries: int, memory: ReviewedMemory | None = None) -> Decider:
     if settings.decision == "generate":
-        return GenerateDecider(backend, retries)
+        return _generating(memory, backend, retries)
     threshold = rank_threshold(settings)
     can_score = callable(getattr(backend, "score", None))
     if settings.decision == "auto" and threshold is None:
-        return GenerateDecider(backend, retries)  # nothing calibrated for this model: generate
+        return _generating(memory, backend, retries)  # nothing calibrated for this model: generate
     if not can_score:
         if settings.decision == "rank":
             raise BackendError(f"{type(backend).__name__} cannot score completions; the rank decision needs "
                                "kind='transformers', or kind='openai' against a server that echoes prompt log-probs")
         log.warning("the adapter ships a rank decision but this backend cannot score; generating instead "
                     "(verdicts may differ from the model card)", kind=settings.kind, adapter=settings.adapter)
-        return GenerateDecider(backend, retries)
+        return _generating(memory, backend, retries)
     check = getattr(backend, "check_scoring", None)
     if callable(check):
         # One request at start-up: a server without echoed log-probs is found here, not per verdict.
@@ -270,8 +292,13 @@ def _choose(settings: BackendSettings, backend: Backend, retries: int) -> Decide
                 raise
             log.warning("the adapter ships a rank decision but the server cannot score; generating instead",
                         error=str(error), base_url=settings.base_url)
-            return GenerateDecider(backend, retries)
-    ranker = RankDecider(backend, 0.0 if threshold is None else threshold, batch_size=settings.batch_size, retries=retries)
+            return _generating(memory, backend, retries)
+    ranker: Decider = RankDecider(backend, 0.0 if threshold is None else threshold, batch_size=settings.batch_size,
+                                  retries=retries)
+    if memory is not None:
+        # Inside the explanation: the label is settled (margin and neighbours) before the model
+        # is asked to explain it.
+        ranker = memory.decider(ranker)  # type: ignore[assignment]
     if settings.explain:
         from rationanomaly.model.explain import ExplainingDecider
 
@@ -279,11 +306,13 @@ def _choose(settings: BackendSettings, backend: Backend, retries: int) -> Decide
     return ranker
 
 
-def as_decider(handed: Backend | Decider, settings: BackendSettings, retries: int = 2) -> Decider:
-    """A decider handed in is used as it is; a backend gets the one `settings` choose."""
+def as_decider(handed: Backend | Decider, settings: BackendSettings, retries: int = 2,
+               memory: ReviewedMemory | None = None, rules: SessionRules | None = None) -> Decider:
+    """A decider handed in is used as it is (its maker chose its memory and rules); a backend
+    gets the one `settings` choose."""
     if isinstance(handed, Decider):
         return handed
-    return make_decider(settings, backend=handed, retries=retries)
+    return make_decider(settings, backend=handed, retries=retries, memory=memory, rules=rules)
 
 
 __all__ = ["Decider", "GenerateDecider", "Judgement", "LogInput", "RankDecider", "as_decider", "make_decider",

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,11 @@ _SPACE = re.compile(r"\s+")
 
 class RetrievalError(ValueError):
     """A reviewed example or a retrieval file that cannot be used."""
+
+
+class NoReviewedExamples(RetrievalError):
+    """The index would hold no reviewed template of the detector's own dataset (an HDFS stream
+    beside BGL and Spirit examples): nothing is wrong, there is just no memory for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +98,19 @@ class RetrievalIndex:
         self._norms: list[float] = []
         self._idf: dict[str, float] = {}
         self._stale = True
+        # What a correction replaced, by key: withdrawing the correction brings it back.
+        self._replaced: dict[tuple[str | None, str], ReviewedExample] = {}
+        # The stream adds corrections on its polling thread while the judging thread queries.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._by_key)
 
     def add(self, template: str, label: str, source: str, dataset: str | None = None) -> ReviewedExample:
+        with self._lock:
+            return self._add(template, label, source, dataset)
+
+    def _add(self, template: str, label: str, source: str, dataset: str | None) -> ReviewedExample:
         if label not in ("normal", "abnormal"):
             raise RetrievalError(f"label must be normal|abnormal, got {label!r}")
         if not template.strip():
@@ -106,6 +120,9 @@ class RetrievalIndex:
         previous = self._by_key.get(key)
         if previous is not None:
             # Same text: keep its n-grams, swap the label (and where it came from).
+            before = self._examples[previous]
+            if before is not None and before.source != source and key not in self._replaced:
+                self._replaced[key] = before
             self._examples[previous] = example
             return example
         doc = len(self._examples)
@@ -118,17 +135,57 @@ class RetrievalIndex:
         self._stale = True
         return example
 
+    def withdraw(self, template: str, source: str, dataset: str | None = None) -> ReviewedExample | None:
+        """Undo the label `source` gave `template`: the example it replaced comes back, or the
+        template leaves the index when it replaced nothing. Returns what is indexed now."""
+        with self._lock:
+            return self._withdraw((dataset, _normalise(template)), source)
+
+    def _withdraw(self, key: tuple[str | None, str], source: str) -> ReviewedExample | None:
+        doc = self._by_key.get(key)
+        if doc is None or self._examples[doc] is None or self._examples[doc].source != source:  # type: ignore[union-attr]
+            return self._examples[doc] if doc is not None else None
+        restored = self._replaced.pop(key, None)
+        if restored is not None:
+            self._examples[doc] = restored
+            return restored
+        # Out of the postings too, so IDF and similarities are what they were before it came.
+        for gram in self._tf[doc]:
+            ids = self._postings[gram]
+            ids.discard(doc)
+            if not ids:
+                del self._postings[gram]
+        self._tf[doc] = {}
+        self._examples[doc] = None
+        del self._by_key[key]
+        self._stale = True
+        return None
+
+    def fingerprint(self) -> str:
+        """A short digest of what is indexed (text, label, dataset), to name the index in an id.
+
+        >>> a, b = RetrievalIndex(), RetrievalIndex()
+        >>> _ = a.add("x failed", "abnormal", "train"); _ = b.add("x  FAILED", "abnormal", "train")
+        >>> a.fingerprint() == b.fingerprint()
+        True
+        """
+        import hashlib
+
+        rows = sorted(f"{e.dataset or ''}\t{e.label}\t{_normalise(e.template)}" for e in self.examples())
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:12]
+
     def extend(self, examples: Iterable[ReviewedExample]) -> None:
         for e in examples:
             self.add(e.template, e.label, e.source, e.dataset)
 
     def examples(self) -> list[ReviewedExample]:
-        return [e for e in self._examples if e is not None]
+        with self._lock:
+            return [e for e in self._examples if e is not None]
 
     def _refresh(self) -> None:
         if not self._stale:
             return
-        docs = len(self._examples)
+        docs = len(self._by_key)  # live documents: a withdrawn one left an empty slot
         # Smoothed IDF, as scikit-learn's default: log((1 + n) / (1 + df)) + 1.
         self._idf = {gram: math.log((1 + docs) / (1 + len(ids))) + 1.0 for gram, ids in self._postings.items()}
         self._norms = [
@@ -146,6 +203,10 @@ class RetrievalIndex:
         """
         if k < 1:
             raise RetrievalError(f"k must be >= 1, got {k}")
+        with self._lock:
+            return self._nearest(template, k, dataset, exclude_self)
+
+    def _nearest(self, template: str, k: int, dataset: str | None, exclude_self: bool) -> list[Neighbour]:
         self._refresh()
         query = {g: (1.0 + math.log(c)) * self._idf[g]
                  for g, c in char_ngrams(template, *self._range).items() if g in self._idf}
@@ -262,7 +323,8 @@ class RetrievalDecider:
     `index.add(...)` between calls (an operator correction) changes the next decisions.
     """
 
-    def __init__(self, inner: object, index: RetrievalIndex, blend: RetrievalBlend, dataset: str | None = None) -> None:
+    def __init__(self, inner: object, index: RetrievalIndex, blend: RetrievalBlend, dataset: str | None = None,
+                 index_id: str | None = None) -> None:
         threshold = getattr(inner, "threshold", None)
         if getattr(inner, "kind", None) != "rank" or not isinstance(threshold, float | int):
             raise RetrievalError("the retrieval decider wraps a rank decider (it needs the margin and its threshold)")
@@ -272,16 +334,20 @@ class RetrievalDecider:
         self.dataset = dataset
         self.kind = "rank"
         self.prompt_version = inner.prompt_version  # type: ignore[attr-defined]
+        # The backend that scores: an explaining decider around this one generates with it.
+        self.backend = getattr(inner, "backend", None)
+        # The reviewed examples indexed at the start name the memory (`index_id`): another data
+        # set or site file gives other verdict ids. Corrections received later do not: every
+        # instance of a group must agree on the id, whenever it read the corrections topic.
+        where = f",index={index_id}" if index_id else ""
         self.model_id = (f"{inner.model_id}+retrieval(k={blend.k},weight={blend.weight!r},"  # type: ignore[attr-defined]
-                         f"threshold={blend.threshold!r})")
+                         f"threshold={blend.threshold!r}{where})")
 
     def decide(self, inputs: Sequence[Any]) -> list[Any]:
         judged = self.inner.decide(inputs)  # type: ignore[attr-defined]
         return [self._blend(x, j) for x, j in zip(inputs, judged, strict=True)]
 
     def _blend(self, log: Any, judgement: Any) -> Any:
-        from dataclasses import replace
-
         from rationanomaly.model.classifier import STEERING_NOTE
         from rationanomaly.model.prompt import completion_text, log_text
         from rationanomaly.model.ranking import confidence, drafts
@@ -313,3 +379,90 @@ class RetrievalDecider:
 
     def close(self) -> None:
         self.inner.close()  # type: ignore[attr-defined]
+
+
+@dataclass
+class ReviewedMemory:
+    """The index the stream decides with, the blend that weighs it, and the dataset its
+    neighbours come from. `learn` and `forget` take operator corrections as they arrive."""
+
+    index: RetrievalIndex
+    blend: RetrievalBlend
+    dataset: str | None  # neighbours from this dataset only; None: all
+    index_id: str  # fingerprint of what was indexed at the start (part of the decision's id)
+    sources: tuple[str, ...]  # the files read, for the start-up log
+
+    def learn(self, template: str, label: str) -> ReviewedExample:
+        """An operator's label for a template: the next decisions see it among the neighbours
+        (and it replaces a train label for the same text)."""
+        return self.index.add(template, label, "correction", self.dataset)
+
+    def forget(self, template: str) -> ReviewedExample | None:
+        """A withdrawn correction: the label it replaced comes back."""
+        return self.index.withdraw(template, "correction", self.dataset)
+
+    def decider(self, inner: object) -> RetrievalDecider:
+        return RetrievalDecider(inner, self.index, self.blend, self.dataset, self.index_id)
+
+
+def load_memory(settings: Any, data_dir: Path, adapter_dir: Path | str | None, profile: str | None) -> ReviewedMemory:
+    """The reviewed-example memory `settings` (model.settings.RetrievalSettings) describe.
+
+    Raises RetrievalError, with what is missing and how to fix it, when there is nothing to
+    build it from: no blend file, no train split where `data_dir` says, no example of the
+    detector's dataset. The caller then runs the plain rank decision.
+    """
+    blend_file = settings.blend_file or (Path(adapter_dir) / "retrieval.json" if adapter_dir is not None else None)
+    if blend_file is None:
+        raise RetrievalError("no retrieval.json: the model runs without an adapter; name one with "
+                             "backend.retrieval.blend_file, or set backend.retrieval.enabled=false")
+    if not Path(blend_file).is_file():
+        raise RetrievalError(f"no blend file at {blend_file} (the adapter ships none); name one with "
+                             "backend.retrieval.blend_file, or set backend.retrieval.enabled=false")
+    blend = RetrievalBlend.load(blend_file)
+    blend = RetrievalBlend(weight=blend.weight if settings.weight is None else float(settings.weight),
+                           threshold=blend.threshold if settings.threshold is None else float(settings.threshold),
+                           k=blend.k if settings.k is None else int(settings.k))
+
+    templates = Path(data_dir) / "templates"
+    files: list[Path] = []
+    if settings.datasets is None:
+        files = sorted(templates.glob("*_train.jsonl")) if templates.is_dir() else []
+    else:
+        files = [templates / f"{name}_train.jsonl" for name in settings.datasets]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise RetrievalError(f"reviewed train split(s) not found: {', '.join(missing)} "
+                                 "(set RATIONANOMALY_DATA_DIR or backend.retrieval.data_dir)")
+    if not files and not settings.reviewed:
+        raise RetrievalError(f"no reviewed templates: {templates}/*_train.jsonl not found; set RATIONANOMALY_DATA_DIR "
+                             "or backend.retrieval.data_dir to the data folder, name a site file in "
+                             "backend.retrieval.reviewed, or set backend.retrieval.enabled=false")
+    examples: list[ReviewedExample] = []
+    for path in files:
+        # A row without a dataset belongs to the split its file is named after.
+        named = path.name[: -len("_train.jsonl")]
+        examples += [e if e.dataset else replace(e, dataset=named) for e in read_reviewed(path, "train")]
+    indexed = {e.dataset for e in examples}
+    if settings.dataset == "all":
+        dataset = None
+    elif settings.dataset == "auto":
+        dataset = profile
+        if dataset not in indexed and not settings.reviewed:
+            raise NoReviewedExamples(f"no reviewed templates of dataset {profile!r} (the index would hold "
+                                 f"{', '.join(sorted(d for d in indexed if d)) or 'none'}); set "
+                                 "backend.retrieval.dataset to one of them, or to 'all'")
+    else:
+        dataset = settings.dataset
+    for path in settings.reviewed:
+        try:
+            site = read_reviewed(path, "reviewed")
+        except OSError as error:
+            raise RetrievalError(f"{path}: cannot read reviewed templates ({error.strerror or error!r})") from error
+        # The site's own file speaks for the detector's data unless a row says otherwise.
+        examples += [e if e.dataset else replace(e, dataset=dataset) for e in site]
+    index = RetrievalIndex()
+    index.extend(examples)
+    if dataset is not None and not any(e.dataset == dataset for e in index.examples()):
+        raise RetrievalError(f"no reviewed templates of dataset {dataset!r} in {', '.join(map(str, files))}")
+    return ReviewedMemory(index, blend, dataset, index.fingerprint(), tuple(str(f) for f in (*files, *settings.reviewed)))

@@ -7,6 +7,7 @@ passes the section in.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -17,6 +18,67 @@ Decision = Literal["auto", "generate", "rank"]
 
 DEFAULT = "default"
 _DEVICE_RE = re.compile(r"cpu|auto|mps|cuda(?::\d+)?")
+_DATASET_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+class RetrievalSettings(BaseModel):
+    """The memory of reviewed templates the rank decision consults (model.retrieval).
+
+    The index holds the reviewed train templates of the shared data folder (its
+    `templates/<dataset>_train.jsonl`, read where they lie, never copied), any site files named
+    in `reviewed`, and every operator correction the detector receives. It is used when the
+    decision is rank and the index holds templates of the detector's dataset; otherwise the
+    plain rank decision runs, with a warning saying why.
+
+    >>> RetrievalSettings().enabled, RetrievalSettings().dataset
+    (True, 'auto')
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # On by default: under cross-validation the blend matched or beat the model alone on both
+    # datasets (model card, "Cross-validated figures"). Off: the plain rank decision.
+    enabled: bool = True
+    # The folder holding templates/<dataset>_train.jsonl; None: RATIONANOMALY_DATA_DIR, else
+    # ../shared/data (resolved by the entry point, which alone reads the environment).
+    data_dir: Path | None = None
+    # Which train splits to index; None: every templates/*_train.jsonl found there.
+    datasets: tuple[str, ...] | None = None
+    # The site's own reviewed templates: JSONL of {"template", "label"[, "dataset"]}.
+    reviewed: tuple[Path, ...] = ()
+    # Neighbours are taken from this dataset's examples only (site conventions differ between
+    # systems). "auto": the format profile's name; "all": no filter.
+    dataset: str = "auto"
+    # Overrides of the adapter's retrieval.json (chosen by cross-validation: training/cv.py).
+    k: int | None = Field(default=None, ge=1, le=100)
+    weight: float | None = Field(default=None, ge=0.0, le=50.0)
+    threshold: float | None = None
+    blend_file: Path | None = None  # None: retrieval.json in the adapter's directory
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets_named(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            if not _DATASET_RE.fullmatch(name):
+                raise ValueError(f"dataset {name!r} must be a lower-case name such as 'bgl' or 'spirit'")
+        return value
+
+
+class SessionRulesSettings(BaseModel):
+    """Session verdicts from rules learned on labelled sessions (model.sessions), for window mode
+    over session windows (HDFS blocks). The rules decide the label and name their reasons; the
+    model still judges the window and writes the rationale when it agrees.
+
+    >>> SessionRulesSettings().enabled
+    False
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Off by default: the shipped rules were learned on HDFS block sessions (hdfs_sessions.json)
+    # and mean nothing for other systems' windows.
+    enabled: bool = False
+    rules_file: Path | None = None  # None: hdfs_sessions.json in the adapter's directory
 
 
 class BackendSettings(BaseModel):
@@ -71,6 +133,10 @@ class BackendSettings(BaseModel):
     # generation per abnormal template (cached per template like the verdict) and joins the
     # decision's model_id, so verdict ids change. Off by default: model/README.md has the cost.
     explain: bool = False
+    # The rank decision's memory of reviewed templates (see RetrievalSettings).
+    retrieval: RetrievalSettings = RetrievalSettings()
+    # Session rules in window mode (see SessionRulesSettings).
+    sessions: SessionRulesSettings = SessionRulesSettings()
 
     @field_validator("model")
     @classmethod

@@ -18,6 +18,10 @@ to `normal`, every template the verdict flagged; to `abnormal`, the verdict's on
 the one named beside it. A verdict_id this instance does not know is refused to the DLQ with the
 reason (name the template id instead); `rationanomaly review export|import` moves corrections
 to and from the expert-review CSV (training/review.py's columns).
+
+Where the rank decision consults reviewed examples (`backend.retrieval`), each correction that
+carries its template's text is also added to that memory (`learn_from_corrections`): templates
+judged after it count it among their neighbours, and a withdrawn one gives its place back.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from __future__ import annotations
 import csv
 from collections import OrderedDict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 import orjson
 import structlog
@@ -201,11 +206,57 @@ class FeedbackLoop:
         self._consumer.close()
 
 
+class CorrectionMemory:
+    """Teaches a reviewed-example memory (model.retrieval.ReviewedMemory) the corrections a
+    template cache receives. It keeps each corrected template's text by id, since a withdrawal
+    (a tombstone) names only the id."""
+
+    def __init__(self, memory: Any) -> None:
+        self.memory = memory
+        self._texts: dict[str, str] = {}
+        self.learned = 0
+        self.unindexed = 0
+
+    def take(self, template_id: str, correction: Correction | None) -> None:
+        if correction is None:
+            text = self._texts.pop(template_id, None)
+            if text is not None:
+                self.memory.forget(text)
+                log.info("correction_forgotten", template=template_id)
+            return
+        text = correction.template
+        if not text or not text.strip():
+            # Named by id from a verdict this instance never saw: nothing to index by.
+            self.unindexed += 1
+            log.info("correction_not_indexed", template=template_id, reason="the correction carries no template text")
+            return
+        self.memory.learn(text, correction.label)
+        self._texts[template_id] = text
+        self.learned += 1
+        log.info("correction_indexed", template=template_id, label=correction.label)
+
+
+# Template cache -> the memory its corrections teach. Keyed by the cache object, whose owner
+# (stream/detector_state.py) applies corrections to it without knowing of any memory.
+_teaching: WeakKeyDictionary[Any, CorrectionMemory] = WeakKeyDictionary()
+
+
+def learn_from_corrections(cache: Any, memory: Any) -> CorrectionMemory:
+    """From now on, corrections `apply_correction` puts in `cache` are added to `memory` too."""
+    teacher = CorrectionMemory(memory)
+    _teaching[cache] = teacher
+    return teacher
+
+
 def apply_correction(cache, key: bytes, value: bytes | None) -> None:
-    """A record of the corrections topic into the template cache (a tombstone withdraws it)."""
+    """A record of the corrections topic into the template cache (a tombstone withdraws it),
+    and into the reviewed-example memory taught from that cache, if any."""
     template_id = key.decode("utf-8", "replace")
+    teacher = _teaching.get(cache)
     if value is None:
         cache.correct(template_id, None)
+        if teacher is not None:
+            teacher.take(template_id, None)
         return
     try:
         correction = Correction.model_validate_json(value)
@@ -214,6 +265,8 @@ def apply_correction(cache, key: bytes, value: bytes | None) -> None:
         return
     cache.correct(template_id, correction.judgement())
     log.info("correction_applied", template=template_id, label=correction.label, by=correction.by)
+    if teacher is not None:
+        teacher.take(template_id, correction)
 
 
 # The expert-review CSV's columns (training/review.py's COLUMNS; `stream` never imports
