@@ -56,6 +56,8 @@ class DetectorFlags:
     decision: Optional[str] = None
     publish: Optional[str] = None
     publish_unknown: Optional[bool] = None
+    retrieval: Optional[bool] = None
+    session_rules: Optional[bool] = None
 
     def settings_overrides(self) -> dict[str, Any]:
         """Dotted settings keys for the flags that shape judging and output."""
@@ -72,6 +74,8 @@ class DetectorFlags:
             "backend.decision": self.decision,
             "output.publish": self.publish,
             "output.publish_unknown": self.publish_unknown,
+            "backend.retrieval.enabled": self.retrieval,
+            "backend.sessions.enabled": self.session_rules,
         }
 
 
@@ -89,6 +93,14 @@ _DETECTOR_OPTIONS: dict[str, Any] = {
     "publish": Annotated[Optional[str], typer.Option("--publish", help="all, or abnormal: only alerts on the output")],
     "publish_unknown": Annotated[
         Optional[bool], typer.Option("--publish-unknown/--no-publish-unknown", help="Publish windows the model could not judge")
+    ],
+    "retrieval": Annotated[
+        Optional[bool], typer.Option("--retrieval/--no-retrieval",
+                                     help="Rank with the memory of reviewed templates (default: on where it holds the dataset)")
+    ],
+    "session_rules": Annotated[
+        Optional[bool], typer.Option("--session-rules/--no-session-rules",
+                                     help="Label session windows by the learned session rules (HDFS; window mode)")
     ],
 }
 assert set(_DETECTOR_OPTIONS) == {f.name for f in fields(DetectorFlags)}

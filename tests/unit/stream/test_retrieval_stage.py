@@ -91,6 +91,19 @@ def test_settings_come_from_file_then_environment_then_flags(tmp_path, monkeypat
         load_settings(None, backend={"retrieval": {"neighbours": 3}})
 
 
+def test_command_line_flags_beat_the_file_and_the_environment(tmp_path, monkeypatch):
+    from rationanomaly.cli.main import _settings as cli_settings
+    from rationanomaly.cli.options import DetectorFlags
+
+    config = tmp_path / "detector.yaml"
+    config.write_text("backend:\n  retrieval:\n    enabled: true\n    k: 5\n", encoding="utf-8")
+    monkeypatch.setenv("RATIONANOMALY_BACKEND__SESSIONS__ENABLED", "false")
+    given = cli_settings(config, DetectorFlags(retrieval=False, session_rules=True).settings_overrides())
+    assert (given.backend.retrieval.enabled, given.backend.retrieval.k, given.backend.sessions.enabled) == (False, 5, True)
+    unset = cli_settings(config, DetectorFlags().settings_overrides())
+    assert (unset.backend.retrieval.enabled, unset.backend.sessions.enabled) == (True, False)
+
+
 def test_the_memory_holds_the_train_splits_read_in_place(data_dir):
     memory = reviewed_memory(_settings(data_dir))
     assert memory is not None and memory.dataset == "bgl"
