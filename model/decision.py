@@ -49,7 +49,7 @@ from rationanomaly.model.ranking import (
 from rationanomaly.model.settings import BackendSettings
 
 if TYPE_CHECKING:
-    from rationanomaly.model.retrieval import ReviewedMemory
+    from rationanomaly.model.memory import ReviewedMemory
     from rationanomaly.model.sessions import SessionRules
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,8 @@ import structlog
 
 from rationanomaly.model.backends import Backend
 from rationanomaly.model.decision import Decider, as_decider, make_decider
-from rationanomaly.model.retrieval import NoReviewedExamples, RetrievalError, ReviewedMemory, load_memory
+from rationanomaly.model.memory import NoReviewedExamples, ReviewedMemory, load_memory
+from rationanomaly.model.retrieval import RetrievalError
 from rationanomaly.model.sessions import SessionRules, SessionRulesError
 from rationanomaly.stream.feedback import learn_from_corrections
 from rationanomaly.stream.judging import JudgeWorker, WindowJudge
