@@ -78,51 +78,52 @@ class Decoder:
     def __init__(self, settings: DecodeSettings) -> None:
         self._settings = settings
         self._json = settings.format == "json"
+        self._limit = settings.max_line_bytes
 
     def decode(
         self, value: bytes | None, key: bytes | None, source: SourceRef, timestamp_ms: int | None
     ) -> LogRecord | DeadLetter:
+        out = self.fields(value, key)
+        if out.__class__ is str:
+            return _dead(source, out, value, key)
+        line, key_text, host, event_ms = out
+        return LogRecord(source, line, key_text, timestamp_ms, host, event_ms)
+
+    def fields(self, value: bytes | None, key: bytes | None) -> tuple[str, str | None, str | None, int | None] | str:
+        """`decode` without the records, for the hot path: (line, key, envelope host, envelope
+        event time), or the reason the record is a dead letter."""
         if not value:
-            return _dead(source, "empty record (no value)", value, key)
-        limit = self._settings.max_line_bytes
-        if len(value) > limit:
-            return _dead(source, f"record of {len(value)} bytes exceeds max_line_bytes={limit}", value, key)
+            return "empty record (no value)"
+        if len(value) > self._limit:
+            return f"record of {len(value)} bytes exceeds max_line_bytes={self._limit}"
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return _dead(source, f"invalid UTF-8 at byte {exc.start}: {exc.reason}", value, key)
+            return f"invalid UTF-8 at byte {exc.start}: {exc.reason}"
         key_text = key.decode("utf-8", "replace") if key is not None else None
         if self._json:
-            return self._from_json(text, value, key, key_text, source, timestamp_ms)
+            return self._from_json(text, key_text)
         line = text.rstrip("\r\n")
         if not line or line.isspace():
-            return _dead(source, "empty line", value, key)
-        return LogRecord(source=source, line=line, key=key_text, timestamp_ms=timestamp_ms)
+            return "empty line"
+        return line, key_text, None, None
 
-    def _from_json(
-        self,
-        text: str,
-        value: bytes,
-        key: bytes | None,
-        key_text: str | None,
-        source: SourceRef,
-        timestamp_ms: int | None,
-    ) -> LogRecord | DeadLetter:
+    def _from_json(self, text: str, key_text: str | None) -> tuple[str, str | None, str | None, int | None] | str:
         s = self._settings
         try:
             doc: Any = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            return _dead(source, f"invalid JSON: {exc}", value, key)
+            return f"invalid JSON: {exc}"
         if not isinstance(doc, dict):
-            return _dead(source, f"JSON value is a {type(doc).__name__}, expected an object", value, key)
+            return f"JSON value is a {type(doc).__name__}, expected an object"
         message = _field(doc, s.message_field)
         if message is None:
-            return _dead(source, f"JSON object has no {s.message_field!r} field (decode.message_field)", value, key)
+            return f"JSON object has no {s.message_field!r} field (decode.message_field)"
         if not isinstance(message, str):
-            return _dead(source, f"JSON field {s.message_field!r} is a {type(message).__name__}, expected a string", value, key)
+            return f"JSON field {s.message_field!r} is a {type(message).__name__}, expected a string"
         line = message.rstrip("\r\n")
         if not line or line.isspace():
-            return _dead(source, f"JSON field {s.message_field!r} is empty", value, key)
+            return f"JSON field {s.message_field!r} is empty"
         host = _field(doc, s.host_field)
         event_ms = None
         raw_time = _field(doc, s.timestamp_field)
@@ -130,15 +131,8 @@ class Decoder:
             try:
                 event_ms = epoch_ms(raw_time)
             except TimestampError as exc:
-                return _dead(source, f"JSON field {s.timestamp_field!r}: {exc}", value, key)
-        return LogRecord(
-            source=source,
-            line=line,
-            key=key_text,
-            timestamp_ms=timestamp_ms,
-            host=host if isinstance(host, str) or host is None else str(host),
-            event_time_ms=event_ms,
-        )
+                return f"JSON field {s.timestamp_field!r}: {exc}"
+        return line, key_text, host if isinstance(host, str) or host is None else str(host), event_ms
 
 
 def _field(doc: dict[str, Any], name: str) -> Any:
@@ -154,5 +148,9 @@ def _field(doc: dict[str, Any], name: str) -> Any:
     return node
 
 
-def _dead(source: SourceRef, error: str, value: bytes | None, key: bytes | None) -> DeadLetter:
+def decode_letter(source: SourceRef, error: str, value: bytes | None, key: bytes | None) -> DeadLetter:
+    """The dead letter for a record `Decoder.fields` refused with `error`: the bytes as they came."""
     return DeadLetter(source=source, stage=_STAGE, error=error, value=value or b"", key=key)
+
+
+_dead = decode_letter

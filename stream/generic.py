@@ -13,7 +13,15 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from rationanomaly.stream.profiles import BUILTIN_PROFILES, HeaderParser, ProfileSettings, TimestampReader, resolve_profile
+from rationanomaly.stream.profiles import (
+    BUILTIN_PROFILES,
+    HeaderFields,
+    HeaderParser,
+    ProfileSettings,
+    TimestampReader,
+    profile_letter,
+    resolve_profile,
+)
 from rationanomaly.stream.records import DeadLetter, Header, LogRecord
 from rationanomaly.stream.timestamps import TimestampShape, find_timestamp
 
@@ -30,7 +38,6 @@ _LEVEL = re.compile(
 _COMPONENT = re.compile(r"(?P<component>[A-Za-z_][\w.$/-]*(?:\[\d+\])?):(?=\s|$)")
 _LEAD = re.compile(r"[\s\])|,;:-]*")  # punctuation between header parts and the content
 _TOKEN = re.compile(r"\S+")
-_STAGE = "profile"
 
 GENERIC = BUILTIN_PROFILES["generic"]
 
@@ -53,8 +60,16 @@ class GenericHeaderParser:
         return reader
 
     def split(self, record: LogRecord) -> Header | DeadLetter:
-        line = record.line
-        fallback_ms = record.event_time_ms if record.event_time_ms is not None else record.timestamp_ms
+        out = self.fields(record.line, record.key, record.host, record.event_time_ms, record.timestamp_ms)
+        if out.__class__ is str:
+            return profile_letter(record.source, out, record.line, record.key)
+        return Header(*out)
+
+    def fields(
+        self, line: str, key: str | None, host: str | None, event_time_ms: int | None, timestamp_ms: int | None
+    ) -> HeaderFields | str:
+        """As `HeaderParser.fields`: the Header's fields in order, or why the line is a dead letter."""
+        fallback_ms = event_time_ms if event_time_ms is not None else timestamp_ms
         found = find_timestamp(line, HEAD_CHARS)
         event_ms: int | None = None
         rest = 0
@@ -72,13 +87,7 @@ class GenericHeaderParser:
         if event_ms is None:
             event_ms = fallback_ms
         if event_ms is None:
-            return DeadLetter(
-                source=record.source,
-                stage=_STAGE,
-                error="no event time: profile 'generic' found no timestamp near the line's start and the record has none",
-                value=line.encode("utf-8"),
-                key=None if record.key is None else record.key.encode("utf-8"),
-            )
+            return "no event time: profile 'generic' found no timestamp near the line's start and the record has none"
         level = component = None
         pos = _LEAD.match(line, rest).end()
         scan = pos
@@ -99,14 +108,7 @@ class GenericHeaderParser:
         content = line[_LEAD.match(line, pos).end() :] if pos < len(line) else ""
         if not content.strip():
             content = line.strip()  # never an empty content: Drain3 needs a token
-        return Header(
-            event_time_ms=event_ms,
-            content=content,
-            host=record.host or record.key,
-            level=level,
-            component=component,
-            time_from_record=found is None or rest == 0,
-        )
+        return event_ms, content, host or key, level, component, None, found is None or rest == 0
 
 
 class ProfileSplitter:
@@ -127,6 +129,18 @@ class ProfileSplitter:
         if isinstance(out, DeadLetter) and self._fallback is not None:
             alternative = self._fallback.split(record)
             if isinstance(alternative, Header):
+                self.fallbacks += 1
+                return alternative
+        return out
+
+    def fields(
+        self, line: str, key: str | None, host: str | None, event_time_ms: int | None, timestamp_ms: int | None
+    ) -> HeaderFields | str:
+        """`split` without the records (HeaderParser.fields); a dead letter's stage is `profile`."""
+        out = self._primary.fields(line, key, host, event_time_ms, timestamp_ms)
+        if out.__class__ is str and self._fallback is not None:
+            alternative = self._fallback.fields(line, key, host, event_time_ms, timestamp_ms)
+            if alternative.__class__ is not str:
                 self.fallbacks += 1
                 return alternative
         return out

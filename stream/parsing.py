@@ -223,7 +223,12 @@ class TemplateParser:
         # The hot path calls the masker and Drain directly: TemplateMiner.add_log_message also
         # builds a result dict and joins the template text on every line.
         self._drain = self._miner.drain
-        self._mask = self._miner.masker.mask
+        masker = self._miner.masker
+        # Drain3's masker calls a method per rule and rebuilds "<NAME>" each time: the same
+        # substitutions, in the same order, as bound `sub`s with their replacement made once.
+        self._subs = tuple(
+            (mi.regex.sub, masker.mask_prefix + mi.mask_with + masker.mask_suffix) for mi in masker.masking_instructions
+        )
         # cluster id -> (the template tokens the Template was made from, the Template)
         self._templates: dict[int, tuple[tuple[str, ...], Template]] = {}
 
@@ -232,8 +237,20 @@ class TemplateParser:
         """Number of templates (clusters) the miner holds."""
         return len(self._drain.id_to_cluster)
 
+    def _mask(self, content: str) -> str:
+        for sub, mask in self._subs:
+            content = sub(mask, content)
+        return content
+
     def parse(self, content: str) -> Template:
-        cluster, _ = self._drain.add_log_message(self._mask(content))
+        for sub, mask in self._subs:  # _mask, inlined: it runs once per line
+            content = sub(mask, content)
+        cluster, _ = self._drain.add_log_message(content)
+        tokens = cluster.log_template_tokens
+        known = self._templates.get(cluster.cluster_id)
+        # Drain3 replaces the tokens tuple when a template changes, so identity is a full check.
+        if known is not None and known[0] is tokens:
+            return known[1]
         return self._template(cluster)
 
     def match(self, content: str) -> Template | None:

@@ -15,13 +15,14 @@ import structlog
 
 from rationanomaly.stream.checkpoint import Checkpoint
 from rationanomaly.stream.deadletters import DeadLetterLog
-from rationanomaly.stream.decoding import Decoder
+from rationanomaly.stream.decoding import Decoder, decode_letter
 from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.judging import JudgedWindow, JudgeWorker
 from rationanomaly.stream.ledger import OffsetLedger
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.multiline import Event, LineJoiner
 from rationanomaly.stream.parsing import TemplateParser
+from rationanomaly.stream.profiles import profile_letter
 from rationanomaly.stream.records import DeadLetter, LogRecord, ParsedLog, SourceRef, Window
 from rationanomaly.stream.repartition import UpstreamMarks
 from rationanomaly.stream.settings import DetectorSettings
@@ -80,6 +81,8 @@ class Pipeline:
         self._decoder = Decoder(settings.input.decode)
         self._headers = ProfileSplitter(settings.profile)
         self._profile = self._headers.profile
+        self._decode = self._decoder.fields
+        self._split = self._headers.fields
         self._dead_log = DeadLetterLog()
         self._warned_record_time = False
         self._key_by = None if settings.windows.key_by == "none" else settings.windows.key_by
@@ -170,16 +173,23 @@ class Pipeline:
             self.repeats += 1
             return
         self.lines += 1
-        record = self._decoder.decode(value, key, source, timestamp_ms)
-        if isinstance(record, DeadLetter):
-            self._dead(record)
-            return
         if state.joiner is not None:
+            record = self._decoder.decode(value, key, source, timestamp_ms)
+            if isinstance(record, DeadLetter):
+                self._dead(record)
+                return
             event = state.joiner.push(record, now_s)
             if event is not None:
                 self._process(state, event.head, event)
             return
-        t = self._process(state, record, None, only_key, upstream is None)
+        # One line is one event: decoded and split into plain fields, with no record built for
+        # the stages in between (Decoder.fields, ProfileSplitter.fields).
+        decoded = self._decode(value, key)
+        if decoded.__class__ is str:
+            self._dead(decode_letter(source, decoded, value, key))
+            return
+        line, key_text, host, envelope_ms = decoded
+        t = self._line(state, source, line, key_text, host, envelope_ms, timestamp_ms, None, only_key, upstream is None)
         if upstream is not None and t is not None:
             if state.upstream_since_s is None:
                 state.upstream_since_s = now_s
@@ -195,19 +205,34 @@ class Pipeline:
         rule = self._profile.multiline
         return None if rule is None else LineJoiner(rule)
 
-    def _process(self, state: PartitionState, record: LogRecord, event: Event | None, only_key: str | None = None,
-                 moves_watermark: bool = True) -> int | None:  # fmt: skip
+    def _process(self, state: PartitionState, record: LogRecord, event: Event | None) -> None:
+        """One event of the multi-line joiner (a head line with its continuation lines)."""
+        self._line(state, record.source, record.line, record.key, record.host, record.event_time_ms,
+                   record.timestamp_ms, event, None, True)  # fmt: skip
+
+    def _line(
+        self,
+        state: PartitionState,
+        source: SourceRef,
+        line: str,
+        key: str | None,
+        host: str | None,
+        envelope_ms: int | None,
+        timestamp_ms: int | None,
+        event: Event | None,
+        only_key: str | None,
+        moves_watermark: bool,
+    ) -> int | None:
         """One event (a line, or a head line with its continuation lines) into its windows; its
         event time, or None when it was dead-lettered. Behind the hop (`moves_watermark` False),
         the caller keeps the watermark per upstream partition instead."""
-        source = record.source
-        header = self._headers.split(record)
-        if isinstance(header, DeadLetter):
-            if event is not None and event.line_count > 1:  # the letter carries the whole event
-                header = DeadLetter(header.source, header.stage, header.error, "\n".join(event.lines).encode("utf-8"), header.key)
-            self._dead(header)
+        fields = self._split(line, key, host, envelope_ms, timestamp_ms)
+        if fields.__class__ is str:
+            # the letter carries the whole event
+            text = "\n".join(event.lines) if event is not None and event.line_count > 1 else line
+            self._dead(profile_letter(source, fields, text, key))
             return None
-        content = header.content
+        event_ms, content, host, level, component, ground_truth, from_record = fields
         if event is not None and event.line_count > 1:
             # Drain3 mines the head line, led by the innermost exception's class: leading, it
             # routes the line down its own branch of Drain's prefix tree, so traces of two
@@ -216,7 +241,7 @@ class Pipeline:
             exception = event.exception
             if exception is not None:
                 content = f"{exception}: {content}"
-        if header.time_from_record and not self._warned_record_time:
+        if from_record and not self._warned_record_time:
             self._warned_record_time = True
             log.warning(
                 "event_time_from_record",
@@ -225,18 +250,9 @@ class Pipeline:
                 detail="lines without a timestamp of their own take the record's time (Kafka's "
                 "timestamp, or on a file replay the file's modification time plus the line number in ms)",
             )
-        parsed = ParsedLog(
-            source=source,
-            event_time_ms=header.event_time_ms,
-            content=content,
-            template=state.parser.parse(content),
-            host=header.host,
-            level=header.level,
-            component=header.component,
-            ground_truth=header.ground_truth,
-        )
-        if moves_watermark and parsed.event_time_ms > state.watermark_ms:
-            state.watermark_ms = parsed.event_time_ms
+        parsed = ParsedLog(source, event_ms, content, state.parser.parse(content), host, level, component, ground_truth)
+        if moves_watermark and event_ms > state.watermark_ms:
+            state.watermark_ms = event_ms
         if source.offset <= state.replay_until:
             skip = {k for k, last in state.produced.items() if last >= source.offset}
             closed = state.windower.add(parsed, skip_keys=skip, only_key=only_key)
@@ -244,7 +260,7 @@ class Pipeline:
             closed = state.windower.add(parsed, only_key=only_key)
         if closed:
             self._submit(source.partition, closed)
-        return parsed.event_time_ms
+        return event_ms
 
     def dead(self, letter: DeadLetter) -> None:
         """A record the repartition hop could not use (it never reaches `feed`)."""

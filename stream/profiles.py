@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from rationanomaly.stream.multiline import STACK_TRACES, MultilineSettings
 from rationanomaly.stream.parsing import MaskRule, ProfileParsing
-from rationanomaly.stream.records import DeadLetter, Header, Label, LogRecord
+from rationanomaly.stream.records import DeadLetter, Header, Label, LogRecord, SourceRef
 
 _STAGE = "profile"
 _FIELD = re.compile(r"<([^<>]+)>")
@@ -394,6 +394,11 @@ class TimestampReader:
         return (moment - _EPOCH) // _MS
 
 
+# A split line: event time, content, host, level, component, ground truth, time from the record
+# (the fields of Header, in order); the hot path takes them without building the Header.
+HeaderFields = tuple[int, str, "str | None", "str | None", "str | None", "Label | None", bool]
+
+
 class HeaderParser:
     """Splits lines with one profile; holds no per-line state beyond a timestamp cache."""
 
@@ -413,53 +418,71 @@ class HeaderParser:
             if profile.timestamp_format is not None
             else None
         )
+        self._fullmatch = self._regex.fullmatch
+        self._stamps = self._clock._cache.get if self._clock is not None else None
+        self._no_match = f"line does not match profile {profile.name!r} ({profile.log_format})"
+        self._no_time = f"no event time: profile {profile.name!r} reads none and the record has no timestamp"
 
     def split(self, record: LogRecord) -> Header | DeadLetter:
-        match = self._regex.fullmatch(record.line)
+        out = self.fields(record.line, record.key, record.host, record.event_time_ms, record.timestamp_ms)
+        if out.__class__ is str:
+            return self._dead(record, out)
+        return Header(*out)
+
+    def fields(
+        self, line: str, key: str | None, host: str | None, event_time_ms: int | None, timestamp_ms: int | None
+    ) -> HeaderFields | str:
+        """`split` without the records, for the hot path: a decoded line's parts (its key, and an
+        envelope's host and event time) to the Header's fields in order, or why it is a dead letter."""
+        match = self._fullmatch(line)
         if match is None:
-            return self._dead(record, f"line does not match profile {self.profile.name!r} ({self.profile.log_format})")
-        group = match.group
+            return self._no_match
+        g = match.groups()  # group n at g[n - 1]
         from_record = False
         if self._clock is not None:
-            stamp = group(*self._time) if len(self._time) == 1 else " ".join(group(*self._time))
-            try:
-                event_ms = self._clock.read(stamp)
-            except (ValueError, OverflowError, TypeError):
-                return self._dead(
-                    record, f"timestamp {stamp!r} does not fit {self.profile.timestamp_format!r} (profile {self.profile.name!r})"
-                )
-        elif record.event_time_ms is not None:
-            event_ms, from_record = record.event_time_ms, True
-        elif record.timestamp_ms is not None:
-            event_ms, from_record = record.timestamp_ms, True
+            t = self._time
+            stamp = g[t[0] - 1] if len(t) == 1 else " ".join(match.group(*t))
+            event_ms = self._stamps(stamp)  # the reader's own cache, looked up without a call
+            if event_ms is None:
+                try:
+                    event_ms = self._clock.read(stamp)
+                except (ValueError, OverflowError, TypeError):
+                    return f"timestamp {stamp!r} does not fit {self.profile.timestamp_format!r} (profile {self.profile.name!r})"
+        elif event_time_ms is not None:
+            event_ms, from_record = event_time_ms, True
+        elif timestamp_ms is not None:
+            event_ms, from_record = timestamp_ms, True
         else:
-            return self._dead(
-                record, f"no event time: profile {self.profile.name!r} reads none and the record has no timestamp"
-            )
+            return self._no_time
         label: Label | None = None
         if self._label:
-            raw_label = group(self._label)
+            raw_label = g[self._label - 1]
             if raw_label is not None:
                 label = "normal" if raw_label in self._normal else "abnormal"
-        return Header(
-            event_time_ms=event_ms,
-            content=group(self._content),
+        return (
+            event_ms,
+            g[self._content - 1],
             # the line's own host, else the envelope's, else the record key (which may name the source)
-            host=(group(self._host) if self._host else None) or record.host or record.key,
-            level=group(self._level) if self._level else None,
-            component=group(self._component) if self._component else None,
-            ground_truth=label,
-            time_from_record=from_record,
+            (g[self._host - 1] if self._host else None) or host or key,
+            g[self._level - 1] if self._level else None,
+            g[self._component - 1] if self._component else None,
+            label,
+            from_record,
         )
 
     @staticmethod
     def _dead(record: LogRecord, error: str) -> DeadLetter:
-        # Decoding kept the raw bytes; from here on the line itself is what can be replayed.
-        return DeadLetter(
-            source=record.source,
-            stage=_STAGE,
-            error=error,
-            value=record.line.encode("utf-8"),
-            key=None if record.key is None else record.key.encode("utf-8"),
-        )
+        return profile_letter(record.source, error, record.line, record.key)
+
+
+def profile_letter(source: SourceRef, error: str, line: str, key: str | None) -> DeadLetter:
+    """The dead letter for a line a profile could not split (`fields` gave `error`)."""
+    # Decoding kept the raw bytes; from here on the line itself is what can be replayed.
+    return DeadLetter(
+        source=source,
+        stage=_STAGE,
+        error=error,
+        value=line.encode("utf-8"),
+        key=None if key is None else key.encode("utf-8"),
+    )
 

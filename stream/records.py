@@ -6,9 +6,33 @@ small and never carry the raw bytes further than the decoding stage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
-from typing import Literal
+from typing import Literal, TypeVar
+
+_T = TypeVar("_T")
+
+
+def _quick_init(cls: type[_T]) -> type[_T]:
+    """Gives a frozen, slotted dataclass an `__init__` that stores each field through its slot's
+    descriptor. The generated one calls `object.__setattr__` per field (a frozen class refuses
+    plain assignment), about 0.4 µs a field; these records are made once per line, and this one
+    takes a third of the time. Same signature and defaults; the instances stay frozen."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    params = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        if f.default is not MISSING:
+            params.append(f"{f.name}=_default_{f.name}")
+        else:
+            params.append(f.name)
+    env = {f"_set_{n}": cls.__dict__[n].__set__ for n in names}
+    env.update({f"_default_{f.name}": f.default for f in fields(cls) if f.default is not MISSING})  # type: ignore[arg-type]
+    body = "".join(f"    _set_{n}(self, {n})\n" for n in names)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}", env)  # noqa: S102 - fixed text, as dataclasses does
+    init = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
 
 Label = Literal["normal", "abnormal"]
 VerdictLabel = Literal["normal", "abnormal", "unknown"]
@@ -34,6 +58,7 @@ class ModelDownPolicy(str, Enum):
     UNKNOWN = "unknown"  # publish them `unknown` with the reason at once
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class SourceRef:
     """Where a record came from: a Kafka position, or a file and line number for replay."""
@@ -46,6 +71,7 @@ class SourceRef:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     """One input record decoded to text (JSON envelopes already unwrapped)."""
@@ -58,6 +84,7 @@ class LogRecord:
     event_time_ms: int | None = None  # from a JSON envelope field; used where the profile has no time
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Header:
     """A line split by its format profile: the header fields, and the content Drain3 mines."""
@@ -81,6 +108,7 @@ class Template:
     text: str
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class ParsedLog:
     source: SourceRef

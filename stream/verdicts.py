@@ -114,9 +114,24 @@ def iso_utc(ms: int) -> str:
 
     >>> iso_utc(1_226_262_975_123)
     '2008-11-09T20:36:15.123Z'
+    >>> iso_utc(-1)
+    '1969-12-31T23:59:59.999Z'
     """
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    day, into_day = divmod(ms, 86_400_000)
+    date = _DAYS.get(day)
+    if date is None:
+        # Formatting a datetime is the slow part (three times a verdict): each day is formatted
+        # once, and the time of day is plain arithmetic (UTC has no leap seconds here either).
+        if len(_DAYS) >= 1024:
+            _DAYS.clear()
+        date = _DAYS[day] = f"{_EPOCH + timedelta(days=day):%Y-%m-%d}"
+    second, milli = divmod(into_day, 1000)
+    minute, second = divmod(second, 60)
+    hour, minute = divmod(minute, 60)
+    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
+
+
+_DAYS: dict[int, str] = {}
 
 
 class _Model(BaseModel):
@@ -226,43 +241,46 @@ def build_verdict(
     w = judged.window
     counts = Counter(w.sequence)
     labels = judged.template_labels
+    sources = judged.template_sources
     assessment = assess(judged.label, w.templates, labels, confidence)
-    return Verdict(
-        verdict_id=verdict_id(profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version,
-                              *window_identity(w)),
-        verdict=judged.label,
-        reason=inert(judged.reason),
-        window=VerdictWindow(
-            kind=w.kind,
-            key=w.key,
-            key_by="session" if w.kind is WindowKind.SESSION else key_by,
-            start=iso_utc(w.start_ms),
-            start_ms=w.start_ms,
-            end=iso_utc(w.end_ms),
-            end_ms=w.end_ms,
-            lines=w.lines,
-            offsets=tuple(OffsetSpan(topic=w.topic, partition=r.partition, first=r.first, last=r.last) for r in w.offsets),
-            forced=w.forced,
-        ),
-        templates=tuple(
-            TemplateVerdict(id=tid, text=text, count=counts[tid], verdict=labels.get(tid),
-                            rationale_source=judged.template_sources.get(tid))
+    topic = w.topic
+    # Plain data validated in one call: the nested models' own constructors would each cost a
+    # Python-level __init__ (eight or so a verdict); the checks and the result are the same.
+    return Verdict.model_validate({
+        "verdict_id": verdict_id(profile, w.kind, w.key, w.start_ms, w.end_ms, model_id, prompt_version,
+                                 *window_identity(w)),
+        "verdict": judged.label,
+        "reason": inert(judged.reason),
+        "window": {
+            "kind": w.kind,
+            "key": w.key,
+            "key_by": "session" if w.kind is WindowKind.SESSION else key_by,
+            "start": iso_utc(w.start_ms),
+            "start_ms": w.start_ms,
+            "end": iso_utc(w.end_ms),
+            "end_ms": w.end_ms,
+            "lines": w.lines,
+            "offsets": [{"topic": topic, "partition": r.partition, "first": r.first, "last": r.last} for r in w.offsets],
+            "forced": w.forced,
+        },
+        "templates": [
+            {"id": tid, "text": text, "count": counts[tid], "verdict": labels.get(tid), "rationale_source": sources.get(tid)}
             for tid, text in w.templates.items()
-        ),
-        rationale=inert(judged.rationale),
-        decision=judged.decision,
-        rationale_source=judged.rationale_source if judged.rationale else None,
-        rationale_note=inert(judged.rationale_note),
-        model=ModelInfo(id=model_id, prompt_version=prompt_version, latency_ms=max(0.0, judged.latency_ms)),
-        confidence=confidence,
-        fault_class=assessment.fault_class,
-        severity=assessment.severity.label,
-        ground_truth=w.ground_truth,
-        profile=profile,
-        detector_version=detector_version,
-        created=iso_utc(created_ms),
-        created_ms=created_ms,
-    )
+        ],
+        "rationale": inert(judged.rationale),
+        "decision": judged.decision,
+        "rationale_source": judged.rationale_source if judged.rationale else None,
+        "rationale_note": inert(judged.rationale_note),
+        "model": {"id": model_id, "prompt_version": prompt_version, "latency_ms": max(0.0, judged.latency_ms)},
+        "confidence": confidence,
+        "fault_class": assessment.fault_class,
+        "severity": assessment.severity.label,
+        "ground_truth": w.ground_truth,
+        "profile": profile,
+        "detector_version": detector_version,
+        "created": iso_utc(created_ms),
+        "created_ms": created_ms,
+    })
 
 
 def to_json(verdict: Verdict) -> bytes:
