@@ -114,8 +114,7 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in existing]
         for spec, resource in zip(existing, resources, strict=True):
             configs = _describe(admin, resource, timeout_s)
-            meta = metadata.get(spec.name)
-            partitions = len(meta.partitions) if meta is not None else 0
+            partitions = _partition_count(admin, metadata, spec.name, timeout_s)
             problems = spec.problems(partitions, configs)
             if problems:
                 errors.append(f"{spec.name} ({spec.purpose}): {', '.join(problems)}")
@@ -143,6 +142,19 @@ def ensure_plain_topic(admin: AdminClient, name: str, replication_factor: int, t
     except KafkaException as exc:
         if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise StateTopicError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+
+
+def _partition_count(admin: AdminClient, metadata: dict, name: str, timeout_s: float) -> int:
+    # A topic another instance made a moment ago (it won the creation race) can show in the
+    # metadata with no partitions yet: wait for them rather than refuse the topic as too small.
+    meta = metadata.get(name)
+    deadline = time.monotonic() + timeout_s
+    while meta is None or meta.error is not None or not meta.partitions:
+        if time.monotonic() > deadline:
+            return 0
+        time.sleep(0.2)
+        meta = admin.list_topics(name, timeout=timeout_s).topics.get(name)
+    return len(meta.partitions)
 
 
 def _describe(admin: AdminClient, resource: ConfigResource, timeout_s: float) -> dict[str, str]:

@@ -59,6 +59,31 @@ def test_state_topics_are_made_compacted_and_wrong_ones_refused(kafka_bootstrap,
     assert name not in message  # only the wrong one is named
 
 
+def test_instances_starting_together_both_accept_the_topics_one_of_them_made(kafka_bootstrap):
+    """Two instances race to make the same state topics: the loser finds them existing, maybe not
+    yet with their partitions in its metadata, and must wait for them, not refuse them as too small."""
+    import threading
+
+    for _ in range(3):
+        specs = [state_topic(unique("race"), 4, "checkpoints"), state_topic(unique("race"), 1, "template-verdict cache")]
+        outcomes: list[object] = []
+
+        def start() -> None:
+            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # each instance its own client
+            try:
+                outcomes.append(ensure_topics(admin, specs, timeout_s=30))
+            except StateTopicError as exc:
+                outcomes.append(exc)
+
+        racers = [threading.Thread(target=start) for _ in range(2)]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join(60)
+        assert len(outcomes) == 2 and not any(isinstance(o, StateTopicError) for o in outcomes), outcomes
+        assert sorted(n for o in outcomes for n in o) == sorted(s.name for s in specs)  # each made once
+
+
 def test_detector_refuses_a_wrong_state_topic_and_exits_2(kafka_bootstrap, kafka_admin, real_backend, tmp_path):
     logs, out, dlq = unique("logs"), unique("verdicts"), unique("dlq")
     create_topics(kafka_bootstrap, logs, out, dlq)
