@@ -284,8 +284,8 @@ class WindowJudge:
             fresh[tid] = judgement
             if judgement.label == "unknown" and judgement.unavailable:
                 away.append(judgement)  # never cached: the model's absence says nothing of the template
-                if owners is not None and tid in serving:
-                    owners.retry_later(tid)
+                if owners is not None and tid in serving and not hold_if_model_down:
+                    owners.retry_later(tid)  # holding, the worker's backoff paces the retries instead
                 continue
             self.cache.put(tid, judgement)
             if owners is not None and tid in serving:

@@ -79,10 +79,11 @@ def ids_on(owners: TemplateOwners, partition: int, n: int, prefix: str) -> list[
 class Member:
     """One detector's judging side: worker, judge, cache, owners."""
 
-    def __init__(self, owned: set[int], partitions: int = 2, remote_wait_s: float = 30.0, decider=None) -> None:
+    def __init__(self, owned: set[int], partitions: int = 2, remote_wait_s: float = 30.0, decider=None,
+                 on_model_down: str = "wait") -> None:  # fmt: skip
         self.decider = decider or CountingDecider()
         self.metrics = DetectorMetrics()
-        self.settings = JudgeSettings(max_wait_ms=0, remote_wait_s=remote_wait_s)
+        self.settings = JudgeSettings(max_wait_ms=0, remote_wait_s=remote_wait_s, on_model_down=on_model_down)
         self.judge = WindowJudge(self.decider, self.settings, self.metrics)
         self.worker = JudgeWorker(self.judge, self.settings, self.metrics)
         self.owners = TemplateOwners(partitions, MODEL, PROMPT, remote_wait_s)
@@ -299,18 +300,24 @@ def test_ask_once_overdue_by_the_clock_and_oversized_texts_stay_local():
     assert owners.take_outbox() == []
 
 
-def test_a_request_served_with_the_model_away_is_retried_later_not_closed():
-    b = Member({0, 1}, decider=CountingDecider(away=True))
+@pytest.mark.parametrize("policy", ["wait", "unknown"])
+def test_a_request_served_with_the_model_away_is_retried_later_not_closed(policy):
+    b = Member({0, 1}, decider=CountingDecider(away=True), on_model_down=policy)
     try:
         assert b.owners.requested(0, cache_key(MODEL, PROMPT, "t1"), b'{"text": "write failed"}') == "t1"
         deadline = time.monotonic() + 3
         while not b.decider.asked and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(0.2)
+        time.sleep(0.3)
         assert b.decider.asked == Counter({"write failed": 1})  # tried, and not again at once
         assert b.owners.take_outbox() == [] and b.shared == []  # no tombstone, nothing shared
-        assert not b.owners.has_work() and b.owners.next_due_in() > 1  # due again later
-        assert b.worker.holding  # policy `wait`: the member saw its model away, as for its own windows
+        if policy == "wait":
+            # As for its own windows: the member holds (its input pauses) and retries with the
+            # worker's backoff; the request stays open and due.
+            assert b.worker.holding and b.owners.to_serve() == {"t1": "write failed"}
+        else:
+            # Nothing held; the request is served again in a few seconds, not in a tight loop.
+            assert not b.worker.holding and b.owners.to_serve() == {} and b.owners.next_due_in() > 1
     finally:
         b.close()
 
