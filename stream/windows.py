@@ -234,13 +234,15 @@ class Windower:
             gap = self._s.gap_ms
             if len(open_) == 1:  # the usual case: no list to build
                 win = open_[0]
-                joins = [win] if t - win.end_ms < gap and win.start_ms - t < gap else None
+                joined = t - win.end_ms < gap and win.start_ms - t < gap
             else:
-                joins = [w for w in open_ if t - w.end_ms < gap and w.start_ms - t < gap] or None
-            if joins is not None:
-                win = joins[0]
-                for other in joins[1:]:
-                    self._merge(win, other)
+                joins = [w for w in open_ if t - w.end_ms < gap and w.start_ms - t < gap]
+                joined = bool(joins)
+                if joined:
+                    win = joins[0]
+                    for other in joins[1:]:
+                        self._merge(win, other)
+            if joined:
                 limit = self._s.max_duration_ms
                 if limit is not None and t - win.start_ms >= limit:
                     closed.append(self._close(win))
