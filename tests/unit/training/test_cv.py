@@ -94,6 +94,36 @@ def test_blend_choice_takes_the_vote_when_the_margin_alone_cannot_separate() -> 
     assert blend.weight == 0.0  # an uninformative vote: the model alone (the lowest weight among ties)
 
 
+def test_adapter_ceiling_is_the_best_f1_any_threshold_k_and_weight_reach_per_dataset() -> None:
+    rng = np.random.default_rng(3)
+    n = 40
+    datasets = np.array(["bgl"] * n + ["spirit"] * n)
+    gold = np.array(([True] * 6 + [False] * (n - 6)) * 2)
+    margins = rng.normal(0, 1, 2 * n) + 0.8 * gold  # overlapping: no threshold separates them
+    votes = {k: np.clip(rng.normal(0.3, 0.2, 2 * n) + 0.25 * gold * (k / 20), 0, 1) for k in cv.K_GRID}
+    ceiling = cv.adapter_ceiling(margins, lambda k: votes[k], gold, datasets, weights=(0.0, 1.0, 2.5))
+
+    def f1_at_every_threshold(score: np.ndarray, g: np.ndarray) -> list[float]:
+        cuts = [score.min() - 1.0, *score]  # flag score > cut: every distinct flagged set
+        return [cv.counts(g, score > c).f1 for c in cuts]
+
+    for d in ("bgl", "spirit"):
+        m = datasets == d
+        alone = f1_at_every_threshold(margins[m], gold[m])
+        blends = [f for k in cv.K_GRID for w in (0.0, 1.0, 2.5)
+                  for f in f1_at_every_threshold(margins[m] + w * (2 * votes[k][m] - 1), gold[m])]
+        row = ceiling[d]
+        assert row["margin_alone_f1"] == pytest.approx(max(alone), abs=1e-4)
+        assert row["blend_f1"] == pytest.approx(max(blends), abs=1e-4)
+        assert row["blend_f1"] >= row["margin_alone_f1"]  # weight 0 is the margin alone
+        assert max(alone) < 1.0  # the case is not trivially separable
+        # the reported choice reproduces the ceiling
+        score = margins[m] + row["blend_weight"] * (2 * votes[row["blend_k"]][m] - 1)
+        c = cv.counts(gold[m], score > row["blend_threshold"])
+        assert (c.tp, c.fp, c.fn) == (row["blend_tp"], row["blend_fp"], row["blend_fn"])
+        assert c.f1 == pytest.approx(row["blend_f1"], abs=1e-4)
+
+
 def test_session_rules_fitted_on_real_hdfs_name_what_decided() -> None:
     train = load_split("hdfs_train")
     rules = cv.fit_session_rules(train, depth=2)
