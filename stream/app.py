@@ -438,8 +438,11 @@ class Detector:
         # read back: the repartition partitions' end is only the end once nothing is on its way.
         if not all((self._settings.input.topic, p) in at_eof for p in self._hop_assigned) or len(self._producer):
             return False
-        consumed = self._consumed_high
-        return all(consumed.get(p, -1) >= high for p, high in self._delivered_high.items() if p in self._assigned)
+        # A forwarded line is read back when this member consumed it, or when the partition's
+        # committed offset is past it: a previous owner took it (a member that left at its end).
+        consumed, committed = self._consumed_high, self._committed
+        return all(consumed.get(p, -1) >= high or committed.get(p, -1) > high
+                   for p, high in self._delivered_high.items() if p in self._assigned)  # fmt: skip
 
     def _backpressure(self) -> None:
         worker = self._engine.worker
