@@ -37,15 +37,8 @@ def test_exactly_once_commits_verdicts_and_offsets_together(kafka_bootstrap, hdf
     create_topics(kafka_bootstrap, logs, out, dlq)
     values = file_values(hdfs_2k)
     produce_lines(kafka_bootstrap, logs, values)
-    settings = detector_settings(
-        kafka_bootstrap, logs, out, dlq, tmp_path,
-        output={"exactly_once": True, "transactional_id": unique("tx")},
-        backend=backend_settings.model_dump(),
-    )
-    detector = Detector(settings, RunLimits(stop_at_eof=True, max_seconds=600), backend=real_backend)
-    assert detector.run() == 0
-    _, reference = _replayed(hdfs_2k, real_backend, backend_settings)
-    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(reference)))  # read_committed
+    settings, verdicts, reference = _exactly_once_run(kafka_bootstrap, logs, out, dlq, tmp_path, hdfs_2k,
+                                                      real_backend, backend_settings)  # fmt: skip
     assert sorted(v["verdict_id"] for v in verdicts) == sorted(v["verdict_id"] for v in reference)
     assert committed_offset(kafka_bootstrap, settings.kafka.group_id, logs) == len(values)
     # The shipped adapter ranks (decision.json): every decided verdict carries its confidence.
@@ -63,15 +56,8 @@ def test_exactly_once_through_the_repartition_hop_matches_file_replay(
     create_topics(kafka_bootstrap, out, dlq)
     values = file_values(hdfs_2k)
     produce_lines(kafka_bootstrap, logs, values, keys=[_component(v) for v in values], partition=None)
-    settings = detector_settings(
-        kafka_bootstrap, logs, out, dlq, tmp_path,
-        output={"exactly_once": True, "transactional_id": unique("tx")},
-        backend=backend_settings.model_dump(),
-    )
-    detector = Detector(settings, RunLimits(stop_at_eof=True, max_seconds=600), backend=real_backend)
-    assert detector.run() == 0
-    _, reference = _replayed(hdfs_2k, real_backend, backend_settings)
-    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(reference)))  # read_committed
+    settings, verdicts, reference = _exactly_once_run(kafka_bootstrap, logs, out, dlq, tmp_path, hdfs_2k,
+                                                      real_backend, backend_settings)  # fmt: skip
 
     def windows(vs):
         return sorted((v["window"]["key"], v["window"]["start_ms"], v["window"]["end_ms"], v["window"]["lines"]) for v in vs)
@@ -82,6 +68,21 @@ def test_exactly_once_through_the_repartition_hop_matches_file_replay(
     ends = _end_offsets(kafka_bootstrap, logs, 3)
     assert sum(ends) == len(values) and min(ends) > 0  # the keys did spread the lines
     assert _committed_offsets(kafka_bootstrap, settings.kafka.group_id, logs, 3) == ends
+
+
+def _exactly_once_run(kafka_bootstrap, logs, out, dlq, tmp_path, path, real_backend, backend_settings):
+    """The detector over `logs` in exactly-once mode to its end; its settings, the verdicts a
+    read_committed reader sees, and file replay's verdicts on `path` for reference."""
+    settings = detector_settings(
+        kafka_bootstrap, logs, out, dlq, tmp_path,
+        output={"exactly_once": True, "transactional_id": unique("tx")},
+        backend=backend_settings.model_dump(),
+    )
+    detector = Detector(settings, RunLimits(stop_at_eof=True, max_seconds=600), backend=real_backend)
+    assert detector.run() == 0
+    _, reference = _replayed(path, real_backend, backend_settings)
+    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(reference)))  # read_committed
+    return settings, verdicts, reference
 
 
 def _component(value: bytes) -> bytes | None:
