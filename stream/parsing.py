@@ -22,6 +22,7 @@ from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rationanomaly.stream import prefilter
 from rationanomaly.stream.records import Template
 
 log = structlog.get_logger(__name__)
@@ -226,8 +227,12 @@ class TemplateParser:
         masker = self._miner.masker
         # Drain3's masker calls a method per rule and rebuilds "<NAME>" each time: the same
         # substitutions, in the same order, as bound `sub`s with their replacement made once.
+        # Each rule comes with a test of what every match of it needs in the line (a UUID's "-",
+        # a hex number's "0x"; stream/prefilter.py): a line without it cannot change, and skips
+        # the regex. None: the rule always runs.
         self._subs = tuple(
-            (mi.regex.sub, masker.mask_prefix + mi.mask_with + masker.mask_suffix) for mi in masker.masking_instructions
+            (mi.regex.sub, masker.mask_prefix + mi.mask_with + masker.mask_suffix, prefilter.check(mi.regex))
+            for mi in masker.masking_instructions
         )
         # cluster id -> (the template tokens the Template was made from, the Template)
         self._templates: dict[int, tuple[tuple[str, ...], Template]] = {}
@@ -238,13 +243,15 @@ class TemplateParser:
         return len(self._drain.id_to_cluster)
 
     def _mask(self, content: str) -> str:
-        for sub, mask in self._subs:
-            content = sub(mask, content)
+        for sub, mask, may_match in self._subs:
+            if may_match is None or may_match(content):
+                content = sub(mask, content)
         return content
 
     def parse(self, content: str) -> Template:
-        for sub, mask in self._subs:  # _mask, inlined: it runs once per line
-            content = sub(mask, content)
+        for sub, mask, may_match in self._subs:  # _mask, inlined: it runs once per line
+            if may_match is None or may_match(content):
+                content = sub(mask, content)
         cluster, _ = self._drain.add_log_message(content)
         tokens = cluster.log_template_tokens
         known = self._templates.get(cluster.cluster_id)

@@ -1,0 +1,194 @@
+"""Necessary conditions of a masking regex, so a line it cannot match skips it.
+
+Masking runs every rule over every line, and most of a rule's cost on a line it does not change
+is the regex engine trying each candidate start: the UUID rule at every hex digit, the host:port
+rule at every letter. Many rules require a literal somewhere past their first character (a
+UUID's "-", a port's ":", a hex number's "0x"), which the engine's own start-of-match scan cannot
+use. Testing `"-" in line` is one fast substring search.
+
+`requirements(pattern)` reads the pattern's parse tree and returns what any match must contain:
+a tuple of requirements, each a tuple of alternative strings, at least one of which is in the
+line (a match lies in the line, and so does whatever its lookarounds read). It only ever claims
+what holds for every match, so skipping a rule whose requirement fails changes nothing:
+
+- the items of the pattern's top-level sequence are walked; a group without flags is walked in
+  place, a repeat of at least one is walked for its body, a positive lookaround for its body;
+- characters that sit next to each other in every match (single characters or small classes,
+  with only zero-width assertions between them) make one requirement: their product, e.g.
+  `0[xX]` gives ("0x", "0X");
+- alternation, optional parts, back-references, conditionals, negative lookarounds, wide or
+  negated classes (`\\d`, `[^…]`, `.`) and case-insensitive parts give nothing;
+- a pattern whose parse is not understood gives nothing: its rule always runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+
+try:  # the stdlib parser, the one re.compile uses (private: guarded, and nothing is lost without it)
+    from re import _constants as _c
+    from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover - Python < 3.11 names; the project needs 3.11
+    _sre_parse = _c = None  # type: ignore[assignment]
+
+Requirement = tuple[str, ...]  # alternatives: one of them is in every line the rule can change
+
+# A class of more characters is too common in text to be worth a substring test per character.
+MAX_CLASS = 4
+# A requirement tests at most this many alternative strings.
+MAX_ALTERNATIVES = 4
+# A rule tests at most this many requirements: each is a pass over the line.
+MAX_REQUIREMENTS = 3
+
+
+def requirements(pattern: re.Pattern[str] | str) -> tuple[Requirement, ...]:
+    """What every match of `pattern` needs in the text: one alternative of each requirement.
+
+    >>> requirements(r"0(?<![A-Za-z0-9]0)[xX][0-9a-fA-F]+")
+    (('0X', '0x'),)
+    >>> requirements(r"[0-9]+(?:\\.[0-9]+)?")  # the fraction is optional
+    ()
+    >>> requirements(r"[a-z]+(?=:[0-9])")
+    ((':',),)
+    """
+    compiled = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
+    if _sre_parse is None or not isinstance(compiled.pattern, str) or compiled.flags & re.IGNORECASE:
+        return ()
+    try:
+        tree = _sre_parse.parse(compiled.pattern, compiled.flags)
+        runs: list[list[frozenset[str]]] = []
+        _walk(list(tree), runs)
+    except Exception:  # an opcode this reading does not know: claim nothing
+        return ()
+    found: list[Requirement] = []
+    for run in runs:
+        requirement = _best_span(run)
+        if requirement and requirement not in found:
+            found.append(requirement)
+    # Longer strings first (rarer in text), then fewer alternatives; then the pattern's order.
+    found.sort(key=lambda r: (-len(r[0]), len(r)))
+    return tuple(_drop_implied(found))[:MAX_REQUIREMENTS]
+
+
+def passes(requirements_: tuple[Requirement, ...], text: str) -> bool:
+    """Whether `text` meets every requirement (so the rule may match it)."""
+    return all(any(alt in text for alt in alts) for alts in requirements_)
+
+
+def check(pattern: re.Pattern[str] | str) -> Callable[[str], bool] | None:
+    """`passes` with `pattern`'s requirements bound, shaped for a per-line call; None when the
+    pattern has none (its rule always runs).
+
+    >>> needs_port = check(r"[a-z]+(?=:[0-9])")
+    >>> needs_port("host:80"), needs_port("no port here")
+    (True, False)
+    """
+    found = requirements(pattern)
+    if not found:
+        return None
+    # The common shapes as plain expressions: one call and one or two substring searches a line.
+    if len(found) == 1 and len(found[0]) == 1:
+        (only,), = found
+        return lambda text: only in text
+    if len(found) == 1 and len(found[0]) == 2:
+        (a, b), = found
+        return lambda text: a in text or b in text
+    if len(found) == 2 and len(found[0]) == len(found[1]) == 1:
+        (a,), (b,) = found
+        return lambda text: a in text and b in text
+    return lambda text: passes(found, text)
+
+
+def _walk(items: list, runs: list[list[frozenset[str]]]) -> None:
+    """Appends to `runs` the runs of adjacent single characters of a sequence that every match
+    of it contains; recurses into what every match also contains (groups, repeats, lookarounds)."""
+    run: list[frozenset[str]] = []
+
+    def close() -> None:
+        nonlocal run
+        if run:
+            runs.append(run)
+        run = []
+
+    for op, av in items:
+        chars = _chars(op, av)
+        if chars is not None:
+            run.append(chars)
+        elif op is _c.AT or op is _c.ASSERT_NOT:
+            pass  # zero width: the characters either side are still adjacent
+        elif op is _c.ASSERT:
+            _walk(list(av[1]), runs)  # zero width too; what it reads is in the text
+        elif op is _c.SUBPATTERN:
+            _group, add_flags, del_flags, body = av
+            if add_flags or del_flags:  # scoped flags (e.g. (?i:...)) change what a literal matches
+                close()
+            else:
+                close()
+                _walk(list(body), runs)
+        elif op is _c.ATOMIC_GROUP:
+            close()
+            _walk(list(av), runs)
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT):
+            low, high, body = av
+            body = list(body)
+            one = _chars(*body[0]) if len(body) == 1 else None
+            if low == 0:
+                close()
+            elif one is not None and low == high and low <= MAX_ALTERNATIVES:
+                run.extend([one] * low)  # exactly `low` of them, in a row
+            elif one is not None:
+                run.append(one)  # the first repetition follows what came before
+                close()
+                run.append(one)  # the last one precedes what comes next
+            else:
+                close()
+                _walk(body, runs)
+        else:  # BRANCH, ANY, NOT_LITERAL, wide IN, GROUPREF, GROUPREF_EXISTS, ...: nothing certain
+            close()
+    close()
+
+
+def _chars(op, av) -> frozenset[str] | None:
+    """The characters a one-character item matches, if it is a literal or a small class."""
+    if op is _c.LITERAL:
+        return frozenset(chr(av))
+    if op is not _c.IN:
+        return None
+    chars: set[str] = set()
+    for kind, value in av:
+        if kind is _c.LITERAL:
+            chars.add(chr(value))
+        elif kind is _c.RANGE and value[1] - value[0] < MAX_CLASS:
+            chars.update(chr(c) for c in range(value[0], value[1] + 1))
+        else:  # NEGATE, CATEGORY (\d, \w, ...), a wide range
+            return None
+        if len(chars) > MAX_CLASS:
+            return None
+    return frozenset(chars)
+
+
+def _best_span(run: list[frozenset[str]]) -> Requirement:
+    """The longest stretch of the run with at most MAX_ALTERNATIVES strings, as those strings."""
+    best: Requirement = ()
+    for start in range(len(run)):
+        count = 1
+        for end in range(start, len(run)):
+            count *= len(run[end])
+            if count > MAX_ALTERNATIVES:
+                break
+            length = end - start + 1
+            if not best or length > len(best[0]) or (length == len(best[0]) and count < len(best)):
+                best = tuple(sorted("".join(p) for p in itertools.product(*run[start : end + 1])))
+    return best
+
+
+def _drop_implied(found: list[Requirement]) -> list[Requirement]:
+    """Requirements that a kept one already implies go: ("-",) when ("a-",) is kept."""
+    kept: list[Requirement] = []
+    for requirement in found:
+        # implied: every alternative of a kept one contains one of this one's
+        if not any(all(any(short in alt for short in requirement) for alt in stronger) for stronger in kept):
+            kept.append(requirement)
+    return kept
