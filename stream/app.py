@@ -86,6 +86,10 @@ class Detector:
         self._delivered_high: dict[int, int] = {}  # repartition partition -> highest offset forwarded (stop_at_eof)
         self._consumed_high: dict[int, int] = {}
         self._at_eof: set[tuple[str, int]] = set()
+        # assigned, paused, offsets and state not yet taken (`_take_assigned`)
+        self._pending: dict[tuple[str, int], TopicPartition] = {}
+        self._pending_tries = 0
+        self._pending_retry_at = 0.0
         self._paused = False
         self._closed = False
         self._transactional = settings.output.exactly_once
@@ -225,19 +229,48 @@ class Detector:
             return
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = self._committed_offsets(consumer, partitions)
-        if self._paused and partitions:
-            # Assign now to pause them at once: a partition assigned while the input is held back
-            # for backpressure would otherwise be read (cooperative assignment keeps no pause state).
+        # Nothing that waits on the broker may run here: the group's rebalance waits for this
+        # callback, and a committed-offsets fetch made from it can stall until its timeout (seen
+        # for minutes with two members starting together). So the partitions are assigned paused,
+        # and `_take_assigned` fetches their offsets and restores their state from the loop.
+        if partitions:
             consumer.incremental_assign(partitions)
             consumer.pause(partitions)
-        for tp in committed:
+        for tp in partitions:
             self._at_eof.discard((tp.topic, tp.partition))
+            self._pending[(tp.topic, tp.partition)] = TopicPartition(tp.topic, tp.partition)
+        self._pending_retry_at = 0.0
+        log.info("partitions_assigned", added=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
+                 partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))  # fmt: skip
+
+    def _take_assigned(self) -> None:
+        """Newly assigned partitions, still paused: their committed offsets, their checkpoints,
+        then resume. A retriable failure leaves them paused until the next try; the loop goes on
+        polling meanwhile, which is what lets a rebalance in progress finish."""
+        if not self._pending or time.monotonic() < self._pending_retry_at:
+            return
+        pending = list(self._pending.values())
+        try:
+            committed = self._consumer.committed(pending, timeout=5)
+        except KafkaException as exc:
+            # e.g. right after a broker restart, the coordinator is still loading its offsets
+            if exc.args[0].code() not in RETRIABLE_COMMIT:
+                raise
+            self._pending_tries += 1
+            self._pending_retry_at = time.monotonic() + min(5.0, 0.5 * 2 ** (self._pending_tries - 1))
+            log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=self._pending_tries,
+                     partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in pending))  # fmt: skip
+            return
+        self._pending.clear()
+        self._pending_tries = 0
+        windows = False
+        for tp in committed:
             if tp.topic != self._window_topic:  # an input partition, forwarded through the hop
                 self._hop_assigned.add(tp.partition)
                 self._hop_committed[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID else -1
                 self._hop_next.pop(tp.partition, None)
                 continue
+            windows = True
             self._assigned.add(tp.partition)
             self._committed[tp.partition] = tp.offset if tp.offset != OFFSET_INVALID else -1
             if tp.offset == OFFSET_INVALID:
@@ -254,25 +287,12 @@ class Detector:
                     log.warning("checkpoint_offset_differs", partition=tp.partition, committed=tp.offset,
                                 checkpoint=checkpoint.offset)  # fmt: skip
                 self._engine.pipeline.restore(tp.partition, checkpoint)
-        if committed:
+        if windows:
             self._state.caught_up()  # the group's verdicts so far, before this partition's lines
             self._state.owned(self._assigned)  # the templates this member judges for the group
-        log.info("partitions_assigned", added=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
-                 partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))  # fmt: skip
-
-    def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
-        # An assignment right after a broker restart meets a coordinator still loading its
-        # offsets; raising here would end the run from inside the rebalance callback.
-        attempts = 0
-        while True:
-            try:
-                return consumer.committed(partitions, timeout=10)
-            except KafkaException as exc:
-                attempts += 1
-                if exc.args[0].code() not in RETRIABLE_COMMIT or attempts >= 12:
-                    raise
-                log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=attempts)
-                time.sleep(min(5.0, 0.5 * 2 ** (attempts - 1)))
+        if not self._paused:  # held back for backpressure: `_backpressure` resumes them with the rest
+            self._consumer.resume(committed)
+        log.info("partitions_taken", partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
@@ -294,6 +314,7 @@ class Detector:
         dropped (pipeline.drop), so nothing of them is published from here any more."""
         for tp in partitions:
             self._at_eof.discard((tp.topic, tp.partition))
+            self._pending.pop((tp.topic, tp.partition), None)
             if tp.topic != self._window_topic:
                 self._hop_assigned.discard(tp.partition)
                 self._hop_next.pop(tp.partition, None)
@@ -327,6 +348,7 @@ class Detector:
             while not self._stop.is_set():
                 messages = consumer.consume(s.input.poll_batch, s.input.poll_timeout_s)
                 link.check()
+                self._take_assigned()
                 now = time.time()
                 if messages:
                     link.heard_from_broker()
@@ -427,7 +449,7 @@ class Detector:
             self._delivered_high[msg.partition()] = msg.offset()
 
     def _eof_reached(self) -> bool:
-        if not self._limits.stop_at_eof or not self._assigned:
+        if not self._limits.stop_at_eof or not self._assigned or self._pending:
             return False
         at_eof, topic = self._at_eof, self._window_topic
         if not all((topic, p) in at_eof for p in self._assigned):
@@ -457,7 +479,8 @@ class Detector:
             self._engine.metrics.pauses.inc()
             log.info("partitions_paused", queue_depth=depth, model_away=holding)
         elif self._paused and depth <= j.queue_low and not holding:
-            self._consumer.resume(self._consumer.assignment())
+            pending = self._pending
+            self._consumer.resume([tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in pending])
             self._paused = False
             self._engine.metrics.paused.set(0)
             log.info("partitions_resumed", queue_depth=depth)

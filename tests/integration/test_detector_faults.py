@@ -11,6 +11,7 @@ import time
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from rationanomaly.stream.app import Detector, RunLimits
 from rationanomaly.stream.replay import replay_files
@@ -154,3 +155,75 @@ def test_bad_records_go_to_the_dead_letter_topic(kafka_bootstrap, real_backend, 
     # the stream went on: both good lines, before and after the bad ones, reached a verdict
     verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=2))
     assert sorted(v["window"]["key"] for v in verdicts) == ["blk_1", "blk_2"]
+
+
+class _CoordinatorAway:
+    """The detector's consumer with a group coordinator that cannot answer offset fetches at
+    first (one still loading after a restart, or busy with a rebalance): a fault the real broker
+    gives only by chance. Everything else is the real consumer; the calls are recorded in order."""
+
+    def __init__(self, inner, failures: int) -> None:
+        self._inner, self.failures = inner, failures
+        self.calls: list[str] = []
+        self.in_callback = False
+
+    def subscribe(self, topics, on_assign, on_revoke, on_lost):
+        def assigned(_consumer, partitions):
+            self.in_callback = True
+            try:
+                on_assign(self, partitions)
+            finally:
+                self.in_callback = False
+
+        self._inner.subscribe(topics, on_assign=assigned, on_revoke=on_revoke, on_lost=on_lost)
+
+    def committed(self, partitions, timeout=None):
+        self.calls.append("committed-in-callback" if self.in_callback else "committed")
+        if self.failures:
+            self.failures -= 1
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "offset fetch timed out"))
+        return self._inner.committed(partitions, timeout=timeout)
+
+    def consume(self, *args, **kwargs):
+        self.calls.append("consume")
+        return self._inner.consume(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_offsets_of_new_partitions_are_fetched_from_the_loop_and_retried(
+    kafka_bootstrap, data_dir, real_backend, backend_settings, tmp_path
+):
+    """The rebalance callback never waits on the coordinator (a fetch from it stalled a joining
+    member for minutes): new partitions stay paused while the loop polls and retries, and then
+    every line is read once."""
+    path = data_dir / "raw" / "loghub_2k" / "HDFS_2k.log"
+    logs, out, dlq = unique("coordinator"), unique("verdicts"), unique("dlq")
+    create_topics(kafka_bootstrap, logs, partitions=3)  # keyed by component: the hop is on
+    create_topics(kafka_bootstrap, out, dlq)
+    values = file_values(path)
+    produce_lines(kafka_bootstrap, logs, values, keys=[v.split(b" ", 5)[4] for v in values], partition=None)
+    settings = detector_settings(kafka_bootstrap, logs, out, dlq, tmp_path, backend=backend_settings.model_dump())
+
+    class CoordinatorAwayDetector(Detector):
+        def _make_clients(self) -> None:
+            super()._make_clients()
+            self._consumer = self.faulty = _CoordinatorAway(self._consumer, failures=3)
+
+    detector = CoordinatorAwayDetector(settings, RunLimits(stop_at_eof=True, max_seconds=300), backend=real_backend)
+    assert detector.run() == 0
+    calls = detector.faulty.calls
+    assert "committed-in-callback" not in calls
+    fetches = [i for i, c in enumerate(calls) if c == "committed"]
+    assert len(fetches) >= 4  # three timed out, then the one that answered
+    assert all("consume" in calls[a:b] for a, b in zip(fetches, fetches[1:]))  # polled between tries
+
+    reference = io.BytesIO()
+    replay_files([path], load_settings(None, profile={"name": "hdfs"}, metrics={"port": None},
+                                       backend=backend_settings.model_dump()), reference, backend=real_backend,
+                 progress=False)  # fmt: skip
+    expected = [orjson.loads(line) for line in reference.getvalue().splitlines()]
+    verdicts = verdicts_of(read_topic(kafka_bootstrap, out, expected=len(expected)))
+    assert sorted(v["verdict_id"] for v in verdicts) == sorted(v["verdict_id"] for v in expected)
+    assert sum(v["window"]["lines"] for v in verdicts) == sum(v["window"]["lines"] for v in expected)
