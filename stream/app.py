@@ -27,7 +27,7 @@ from rationanomaly.stream.engine import Engine, build_engine
 from rationanomaly.stream.feedback import VerdictMemory
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.records import DeadLetter, SourceRef
-from rationanomaly.stream import repartition
+from rationanomaly.stream import instance_slot, repartition
 from rationanomaly.stream.repartition import RepartitionError, Rekeyer, read_headers, source_header
 from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
@@ -93,6 +93,7 @@ class Detector:
         self._paused = False
         self._closed = False
         self._transactional = settings.output.exactly_once
+        self._slot: instance_slot.InstanceSlot | None = None  # held while running, for the transactional id
         self._link = BrokerLink()
         # monotonic times of the first record and of the end of input, for throughput figures
         self.first_record_s: float | None = None
@@ -151,9 +152,7 @@ class Detector:
             # One id per instance (KIP-447: the group metadata sent with the offsets fences a
             # zombie member, so the id need not follow partitions); the host name keeps it stable
             # across restarts, so a restarted instance aborts its own unfinished transaction at once.
-            producer_conf["transactional.id"] = (
-                s.output.transactional_id or f"{s.kafka.group_id}-{s.input.topic}-{socket.gethostname()}"
-            )
+            producer_conf["transactional.id"] = s.output.transactional_id or self._own_transactional_id()
         consumer_conf["error_cb"] = producer_conf["error_cb"] = self._link.on_error
         self._consumer = Consumer(with_client_log(consumer_conf))
         self._producer = Producer(with_client_log(producer_conf))
@@ -169,6 +168,21 @@ class Detector:
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
         self._engine.pipeline.upstream_partitions = self._hop_inputs
         self._state = self._open_state(self._window_topic)
+
+    def _own_transactional_id(self) -> str:
+        """One per instance: the host name and this process's slot on the host (stream/instance_slot.py)."""
+        s = self._settings
+        slot_dir = instance_slot.host_dir()
+        try:
+            self._slot = instance_slot.claim(slot_dir, s.kafka.group_id)
+        except OSError as exc:
+            # Still correct for one process per host; a second one there would fence this one.
+            log.warning("instance_slot_unavailable", dir=str(slot_dir), error=str(exc),
+                        fix="set output.transactional_id per instance")  # fmt: skip
+            return instance_slot.transactional_id(s.kafka.group_id, s.input.topic, socket.gethostname(), None)
+        tx_id = instance_slot.transactional_id(s.kafka.group_id, s.input.topic, socket.gethostname(), self._slot.number)
+        log.info("transactional_id", id=tx_id, slot=self._slot.number)
+        return tx_id
 
     def _open_hop(self) -> None:
         """The repartition topic, created or checked, and the stage that re-keys into it."""
@@ -334,6 +348,7 @@ class Detector:
             log.error("detector_stopped", error=str(exc))
             if self._consumer is not None:
                 self._consumer.close()
+            self._release_slot()
             return 2
         s = self._settings
         consumer, engine = self._consumer, self._engine
@@ -419,7 +434,13 @@ class Detector:
             self._state.close()
             engine.close()
             consumer.close()
+            self._release_slot()
         return 0
+
+    def _release_slot(self) -> None:
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     def _forward(self, msg, timestamp_ms: int | None) -> None:
         """The hop: one input line to the repartition topic, once per window key it names."""

@@ -163,7 +163,11 @@ def _replay(config: dict, hdfs_file: Path, tmp_path: Path) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 
 
-def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hdfs_file, backend_settings, tmp_path):
+# Exactly-once too: three processes on one host must not fence each other's transactions
+# (stream/instance_slot.py), and requests to a template's owner travel inside transactions.
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hdfs_file, backend_settings, tmp_path,
+                                                             exactly_once):  # fmt: skip
     t0 = time.monotonic()
     timeline: dict[str, float] = {}
 
@@ -182,7 +186,7 @@ def test_group_with_a_killed_and_a_new_member_matches_replay(kafka_bootstrap, hd
         # silence while its lines are still to come; the file spans 3 minutes of event time,
         # under the 5-minute session gap, so every window closes this way at the end.
         "input": {"topic": logs, "idle_timeout_s": 15},
-        "output": {"topic": verdict_topic, "dlq_topic": dlq},
+        "output": {"topic": verdict_topic, "dlq_topic": dlq, "exactly_once": exactly_once},
         "checkpoint": {"interval_s": 1.0},
         "profile": {"name": "hdfs"},
         "backend": orjson.loads(backend_settings.model_dump_json()),
