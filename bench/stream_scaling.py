@@ -3,15 +3,29 @@
 Prints figures; asserts nothing. Usage (a broker must be up: `make kafka-up`):
 
     .venv/bin/python bench/stream_scaling.py [--bootstrap 127.0.0.1:9092] [--repeats 2] [--partitions 6]
+        [--lines 200000]
 
-For each run, HDFS_20000.log is produced into a fresh input topic of `--partitions` partitions
-keyed by the line's component field (as a shipper keys by source), so the repartition hop is on:
-input → `<group>-repartition` → windows. Each member is its own OS process (multiprocessing,
-spawn) running the live Detector with the template cache warm (a copy of one file filled by a
-replay with the real model beforehand), so no member asks the model. Members load and connect
-first; all are then started together. The group's rate is the input's lines over the time from
-the first record any member received to the end of input at the last member (CLOCK_MONOTONIC
-is one clock for every process on Linux), so it includes the rebalance between members.
+For each run, HDFS_20000.log (or, with `--lines`, that many lines: the file written out again and
+again with shifted block ids and times by bench/replay_memory.py's `write_input`, as for the memory
+bench) is produced into a fresh input topic of `--partitions` partitions keyed by the line's
+component field (as a shipper keys by source), so the repartition hop is on: input →
+`<group>-repartition` → windows. Each member is its own OS process (multiprocessing, spawn)
+running the live Detector with the template cache warm (a copy of one file filled by a replay
+with the real model beforehand), so no member asks the model. Members load and connect first;
+all are then started together. The group's whole-run rate is the input's lines over the time
+from the first record any member received to the end of input at the last member
+(CLOCK_MONOTONIC is one clock for every process on Linux), so it includes any rebalance between
+members and the wait for the last windows' verdicts.
+
+The steady rate leaves the start and the end out: each member samples, every 0.1 s, the records
+it has fed behind the hop (window-topic lines) and whether it holds partitions with none still
+being taken. The steady span starts when every member holds its assignment (or at the first
+record, if later) and ends when the group has fed 99% of its run's total; the rate is the
+group's window-topic records fed in it over its length. Window-topic records are input lines
+counted once per window key they name (one each in HDFS_20000).
+
+Each member's log goes to its own file; a run that does not end in time prints which members had
+not ended and the last lines of their logs.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import queue
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,19 +52,62 @@ from rationanomaly.model.settings import BackendSettings  # noqa: E402
 from rationanomaly.stream.app import Detector, RunLimits  # noqa: E402
 from rationanomaly.stream.replay import replay_files  # noqa: E402
 from rationanomaly.stream.settings import load_settings  # noqa: E402
+from bench.replay_memory import write_input  # noqa: E402
 from bench.stream_throughput import produce_keyed  # noqa: E402
 from tests.integration.detector_support import MemoBackend, create_topics, file_values, unique  # noqa: E402
 
 
-def member(overrides: dict, backend_dump: dict, ready, go, results) -> None:
+SAMPLE_S = 0.1
+
+
+def _sample(detector: Detector, samples: list[tuple[float, int, bool]], done: threading.Event) -> None:
+    """(monotonic time, window-topic records fed so far, holds its assignment) every SAMPLE_S."""
+    while not done.wait(SAMPLE_S):
+        engine = detector._engine  # noqa: SLF001 - made inside run()
+        if engine is None:
+            continue
+        settled = bool(detector._assigned or detector._hop_assigned) and not detector._pending  # noqa: SLF001
+        samples.append((time.monotonic(), engine.pipeline.lines, settled))
+
+
+def member(index: int, log_path: str, overrides: dict, backend_dump: dict, ready, go, results) -> None:
     """One detector process: load, say ready, wait for the start, run to end of input, report."""
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)  # the detector's log and librdkafka's, one file a member
+    os.dup2(log, 2)
+    sys.stdout.reconfigure(line_buffering=True)  # a member killed as hung keeps its last lines
+    sys.stderr.reconfigure(line_buffering=True)
     backend = MemoBackend(make_backend(BackendSettings(**backend_dump)))
     detector = Detector(load_settings(None, **overrides), RunLimits(stop_at_eof=True), backend=backend)
+    samples: list[tuple[float, int, bool]] = []
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample, args=(detector, samples, done), daemon=True)
     ready.release()
     go.wait()
+    sampler.start()
     rc = detector.run()
+    done.set()
+    sampler.join()
     pipeline = detector._engine.pipeline  # noqa: SLF001 - counts for the report
-    results.put((os.getpid(), rc, detector.first_record_s, detector.finished_s, pipeline.lines, pipeline.verdicts, backend.calls))
+    results.put((index, rc, detector.first_record_s, detector.finished_s, pipeline.lines, pipeline.verdicts, backend.calls,
+                 samples))  # fmt: skip
+
+
+def steady(reports: list[tuple]) -> tuple[float, float, float, int]:
+    """Settled time, end of the steady span, window-topic records/s in it, records in it."""
+    first = min(r[2] for r in reports if r[2] is not None)
+    settled = max(first, *(next((t for t, _, held in r[7] if held), float("inf")) for r in reports))
+    times = sorted({t for r in reports for t, _, _ in r[7]})
+    total = sum(r[4] for r in reports)
+
+    def fed(at: float) -> int:  # the group's records fed by `at` (each member's last sample before it)
+        return sum(next((n for t, n, _ in reversed(r[7]) if t <= at), 0) for r in reports)
+
+    end = next((t for t in times if fed(t) >= 0.99 * total), times[-1] if times else settled)
+    if end <= settled:
+        return settled, end, float("nan"), 0
+    records = fed(end) - fed(settled)
+    return settled, end, records / (end - settled), records
 
 
 class RunHung(RuntimeError):
@@ -65,13 +123,15 @@ def merge_caches(into: Path, other: Path) -> None:
 
 
 def group_run(args, values: list[bytes], members: int, backend_dump: dict, cache: Path) -> tuple[float, list[tuple], list[Path]]:
+    """One run of a `members`-process group over a fresh topic: input lines/s, reports sorted by
+    member, the members' saved caches."""
     logs, out, dlq, group = unique("scale"), unique("scale-out"), unique("scale-dlq"), unique("scale")
     create_topics(args.bootstrap, out, dlq)
     create_topics(args.bootstrap, logs, partitions=args.partitions)
     produce_keyed(args.bootstrap, logs, values)
     ctx = mp.get_context("spawn")
     ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
-    procs, caches = [], []
+    procs, caches, logs_of = [], [], []
     for i in range(members):
         own_cache = cache.parent / f"{group}-{i}.json"  # each member saves its cache: not one file for two
         shutil.copyfile(cache, own_cache)
@@ -85,28 +145,42 @@ def group_run(args, values: list[bytes], members: int, backend_dump: dict, cache
             backend=backend_dump,
             judging={"cache_file": own_cache},
         )
-        proc = ctx.Process(target=member, args=(overrides, backend_dump, ready, go, results))
+        log_path = cache.parent / f"{group}-{i}.log"
+        logs_of.append(log_path)
+        proc = ctx.Process(target=member, args=(i, str(log_path), overrides, backend_dump, ready, go, results))
         proc.start()
         procs.append(proc)
     for _ in procs:
         if not ready.acquire(timeout=300):
             raise RuntimeError("a member did not load in time")
     go.set()
+    reports: list[tuple] = []
+    deadline = time.monotonic() + args.run_timeout
     try:
-        reports = [results.get(timeout=args.run_timeout) for _ in procs]
+        while len(reports) < len(procs):
+            reports.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
     except queue.Empty:
-        # Seen once in a two-member group: after one member ended and left, the other's
-        # assignment kept timing out on `committed()` (app.py retries it for ~3 min). Reported
-        # as a hung run rather than waited out.
+        # Seen in two-member groups: one member ends and leaves, the other does not reach its
+        # end. Reported with who did not end and what it logged last, rather than waited out.
+        ended = {r[0] for r in reports}
+        for i, log_path in enumerate(logs_of):
+            if i not in ended:
+                tail = log_path.read_bytes().decode("utf-8", "replace").splitlines()[-15:]
+                print(f"  member {i} of {members} did not end; last lines of {log_path}:", flush=True)
+                print("\n".join(f"    {line[:300]}" for line in tail), flush=True)
         for proc in procs:
             proc.kill()
-        raise RunHung(f"{members} member(s): no end of input within {args.run_timeout}s") from None
+        raise RunHung(f"{members} member(s): no end of input within {args.run_timeout}s "
+                      f"(members ended: {sorted(ended)})") from None
     for proc in procs:
         proc.join(60)
     if any(r[1] != 0 for r in reports):
         raise RuntimeError(f"a member failed: {reports}")
+    reports.sort(key=lambda r: r[0])
     first = min(r[2] for r in reports if r[2] is not None)
     last = max(r[3] for r in reports if r[3] is not None)
+    for log_path in logs_of:
+        log_path.unlink()
     return len(values) / (last - first), reports, caches
 
 
@@ -118,9 +192,17 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--members", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--run-timeout", type=float, default=120.0, help="seconds a group run may take")
+    parser.add_argument("--lines", type=int, default=None,
+                        help="input lines: HDFS_20000.log repeated with shifted block ids and times (default: the file once)")
     args = parser.parse_args()
     path = args.data / "raw" / "HDFS_20000.log"
-    values = file_values(path)
+    if args.lines is None:
+        values = file_values(path)
+    else:
+        longer = Path("/tmp") / unique("bench-scaling-input")
+        write_input(path, longer, args.lines)
+        values = file_values(longer)
+        longer.unlink()
 
     backend_settings = BackendSettings(kind="transformers", max_new_tokens=64, device="cpu")
     backend_dump = backend_settings.model_dump()
@@ -154,6 +236,7 @@ def main() -> None:
                 break
 
     rates: dict[int, list[float]] = {n: [] for n in args.members}
+    steady_rates: dict[int, list[float]] = {n: [] for n in args.members}
     for _ in range(args.repeats):
         for n in args.members:
             try:
@@ -162,17 +245,27 @@ def main() -> None:
                 print(f"  {exc}", flush=True)
                 continue
             rates[n].append(rate)
-            detail = ", ".join(f"lines {r[4]:,} verdicts {r[5]:,} model calls {r[6]}" for r in reports)
-            print(f"  {n} member(s): {rate:,.0f} lines/s  ({detail})", flush=True)
-    print(f"input: {len(values)} lines, {args.partitions} partitions keyed by component, hop on; "
+            start = min(r[2] for r in reports if r[2] is not None)
+            settled, end, steady_rate, records = steady(reports)
+            steady_rates[n].append(steady_rate)
+            detail = ", ".join(f"member {r[0]}: window-topic lines {r[4]:,} verdicts {r[5]:,} model calls {r[6]} "
+                               f"ended at {r[3] - start:.1f}s" for r in reports)  # fmt: skip
+            print(f"  {n} member(s): whole run {rate:,.0f} input lines/s over {max(r[3] for r in reports) - start:.1f}s; "
+                  f"steady {steady_rate:,.0f} window-topic records/s ({records:,} records from {settled - start:.1f}s, "
+                  f"when every member held its partitions and records flowed, to {end - start:.1f}s)  [{detail}]", flush=True)  # fmt: skip
+    print(f"input: {len(values):,} lines, {args.partitions} partitions keyed by component, hop on; "
           f"repeats: {args.repeats} (medians); cores: {os.cpu_count()}")
     base = statistics.median(rates[args.members[0]]) if rates[args.members[0]] else float("nan")
+    steady_base = statistics.median(steady_rates[args.members[0]]) if steady_rates[args.members[0]] else float("nan")
     for n in args.members:
         if not rates[n]:
             print(f"{n} process(es)   no run reached the end of input")
             continue
         m = statistics.median(rates[n])
-        print(f"{n} process(es)   {m:>10,.0f} lines/s   ratio to {args.members[0]}: {m / base:.2f}")
+        sm = statistics.median(steady_rates[n])
+        print(f"{n} process(es)   whole run {m:>8,.0f} lines/s   ratio to {args.members[0]}: {m / base:.2f}   "
+              f"steady {sm:>8,.0f} records/s   ratio to {args.members[0]}: {sm / steady_base:.2f}   "
+              f"({len(rates[n])} of {args.repeats} runs ended)")  # fmt: skip
 
 
 if __name__ == "__main__":
