@@ -7,12 +7,15 @@ non-zero exit, and no secret reaches its logs or its help."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import orjson
 import pytest
 import structlog
 from confluent_kafka.admin import (
@@ -25,10 +28,12 @@ from confluent_kafka.admin import (
 )
 
 from rationanomaly.stream.app import Detector, RunLimits
+from rationanomaly.stream.replay import replay_files
 from rationanomaly.stream.sample import sample_lines
 from tests.conftest import BROKER_SCRIPT
-from tests.integration.detector_support import create_topics, produce_lines, read_topic, unique, verdicts_of
+from tests.integration.detector_support import create_topics, file_values, produce_lines, read_topic, unique, verdicts_of
 from tests.integration.test_detector_e2e import detector_settings
+from tests.integration.test_template_routing import SharedModel
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,7 +53,7 @@ def secure_broker():
                        capture_output=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-def _grant(info: dict, group: str, *, read: list[str], write: list[str]) -> None:
+def _grant(info: dict, group: str, *, read: list[str], write: list[str], transactions: bool = False) -> None:
     """ACLs for the detector's user, set over the plain listener (its principal is a super user)."""
     principal = f"User:{USER}"
 
@@ -61,6 +66,9 @@ def _grant(info: dict, group: str, *, read: list[str], write: list[str]) -> None
     for kind in (ResourceType.TOPIC, ResourceType.GROUP):
         bindings.append(AclBinding(kind, f"{group}-", ResourcePatternType.PREFIXED, principal, "*",
                                    AclOperation.ALL, AclPermissionType.ALLOW))  # fmt: skip
+    if transactions:  # exactly-once: the default transactional ids are named after the group too
+        bindings.append(AclBinding(ResourceType.TRANSACTIONAL_ID, f"{group}-", ResourcePatternType.PREFIXED, principal,
+                                   "*", AclOperation.ALL, AclPermissionType.ALLOW))  # fmt: skip
     for topic in read:
         bindings += [acl(ResourceType.TOPIC, topic, AclOperation.READ), acl(ResourceType.TOPIC, topic, AclOperation.DESCRIBE)]
     for topic in write:
@@ -122,6 +130,48 @@ def test_the_detector_judges_a_stream_over_sasl_ssl_with_acls(secure_broker, rea
     assert Detector(settings, limits=RunLimits(stop_at_eof=True, max_seconds=300), backend=real_backend).run() == 0
     verdicts = verdicts_of(read_topic(secure_broker["bootstrap"], out, expected=len(keys), timeout_s=60))
     assert {v["window"]["key"] for v in verdicts} == keys
+
+
+def test_two_members_exactly_once_through_the_hop_with_acls_match_file_replay(secure_broker, data_dir, real_backend,
+                                                                            tmp_path):  # fmt: skip
+    """The production shape on a secured cluster: input keyed by component over 3 partitions, two
+    members in one group in exactly-once mode, so the repartition topic, the state topics, the
+    judge requests between members and the transactions all run under the documented grants."""
+    path = data_dir / "raw" / "loghub_2k" / "HDFS_2k.log"
+    values = file_values(path)[:1000]
+    logs, out, dlq = unique("secure-logs"), unique("secure-verdicts"), unique("secure-dlq")
+    create_topics(secure_broker["bootstrap"], logs, partitions=3)
+    create_topics(secure_broker["bootstrap"], out, dlq)
+    produce_lines(secure_broker["bootstrap"], logs, values, keys=[v.split(b" ", 5)[4] for v in values], partition=None)
+    group = unique("secure-group")
+    _grant(secure_broker, group, read=[logs], write=[out, dlq], transactions=True)
+
+    def settings(name: str):
+        return detector_settings(secure_broker["bootstrap"], logs, out, dlq, tmp_path / name,
+                                 kafka={**_secured(secure_broker), "group_id": group}, output={"exactly_once": True})  # fmt: skip
+
+    cut = tmp_path / "first-1000.log"
+    cut.write_bytes(b"\n".join(values) + b"\n")
+    reference_out = io.BytesIO()
+    replay_files([cut], settings("replay"), reference_out, backend=real_backend, progress=False)
+    reference = [orjson.loads(line) for line in reference_out.getvalue().splitlines()]
+
+    members = [Detector(settings(n), RunLimits(stop_at_eof=True, max_seconds=240), backend=SharedModel(real_backend))
+               for n in ("a", "b")]  # fmt: skip
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda d=d: codes.append(d.run()), daemon=True) for d in members]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert codes == [0, 0]
+    verdicts = verdicts_of(read_topic(secure_broker["bootstrap"], out, expected=len(reference), timeout_s=60))
+
+    def windows(vs):
+        return sorted((v["window"]["key"], v["window"]["start_ms"], v["window"]["end_ms"], v["window"]["lines"]) for v in vs)
+
+    assert windows(verdicts) == windows(reference)  # none split, none twice
+    assert {v["verdict_id"] for v in verdicts} == {v["verdict_id"] for v in reference}
 
 
 def test_a_wrong_password_is_one_clear_error_and_no_secret_is_logged(secure_broker, tmp_path):
