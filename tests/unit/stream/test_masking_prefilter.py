@@ -17,7 +17,7 @@ import pytest
 from rationanomaly.stream import prefilter
 from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.parsing import ParsingSettings, TemplateParser, load_masking
-from rationanomaly.stream.prefilter import check, requirements
+from rationanomaly.stream.prefilter import Need, check, requirements
 from rationanomaly.stream.profiles import BUILTIN_PROFILES
 from rationanomaly.stream.settings import load_settings
 
@@ -68,10 +68,10 @@ def test_a_skipped_rule_never_matches_and_masking_is_unchanged_on_every_shared_l
 def test_the_shipped_rules_need_what_their_patterns_require() -> None:
     found = {name + str(i): requirements(pattern) for i, (pattern, name) in enumerate(load_masking().rules)}
     assert found == {
-        "UUID0": (("-",),),
-        "IP1": ((".",), (":",)),  # a dotted host name, then the port's ":" (a lookahead)
-        "IP2": ((".",),),
-        "HEX3": (("0X", "0x"),),
+        "UUID0": (Need(("-",), 4),),  # 8-4-4-4-12: four dashes
+        "IP1": (Need((".",)), Need((":",))),  # a dotted host name, then the port's ":" (a lookahead)
+        "IP2": (Need((".",), 3),),
+        "HEX3": (Need(("0X", "0x")),),
         # the hex id and number rules and the plain number rule start with their only mandatory
         # class; the regex engine already scans for it, so no test is derived
         "ID4": (),
@@ -85,20 +85,23 @@ def test_the_shipped_rules_need_what_their_patterns_require() -> None:
     [
         (r"foo|bar", ()),  # alternation: no one literal is certain
         (r"[0-9]+(?:\.[0-9]+)?", ()),  # the fraction is optional
-        (r"a*b", (("b",),)),
-        (r"(?:ab|cd)e", (("e",),)),  # the branch gives nothing, what follows it does
-        (r"(?:x|y)z", (("xz", "yz"),)),  # the parser folds x|y into a class: both spellings
+        (r"a*b", (Need(("b",)),)),
+        (r"(?:ab|cd)e", (Need(("e",)),)),  # the branch gives nothing, what follows it does
+        (r"(?:x|y)z", (Need(("xz", "yz")),)),  # the parser folds x|y into a class: both spellings
         (r"(?i)abc", ()),  # case-insensitive: "ABC" matches too
-        (r"(?i:abc)def", (("def",),)),
-        (r"(?<=:)\d+", ((":",),)),  # what a lookbehind reads is in the text
+        (r"(?i:abc)def", (Need(("def",)),)),
+        (r"(?<=:)\d+", (Need((":",)),)),  # what a lookbehind reads is in the text
         (r"(?<!-)\d+", ()),  # a negative lookaround promises nothing
-        (r"x(?!y)z", (("xz",),)),  # zero width between: x and z are still adjacent
-        (r"[^-]+-", (("-",),)),
-        (r"a.b", (("a",), ("b",))),
-        (r"(?:-ab)+", (("-ab",),)),
+        (r"x(?!y)z", (Need(("xz",)),)),  # zero width between: x and z are still adjacent
+        (r"[^-]+-", (Need(("-",)),)),
+        (r"a.b", (Need(("a",)), Need(("b",)))),
+        (r"(?:-ab)+", (Need(("-ab",)),)),
         (r"(?:-ab)*", ()),
-        (r"(\w+)-\1", (("-",),)),
-        (r"k{3}", (("kkk",),)),
+        (r"(\w+)-\1", (Need(("-",)),)),
+        (r"k{3}", (Need(("kkk",)),)),
+        (r"\d+(?:-\d+){2}", (Need(("-",), 2),)),  # two dashes consumed
+        (r"-(?=-)", (Need(("-",)),)),  # the lookahead may read the same dash: counted once
+        (r"(?:a|-)-", (Need(("--", "a-")),)),
         (r"", ()),
     ],
 )
@@ -115,10 +118,10 @@ def test_random_patterns_skip_only_texts_they_cannot_match() -> None:
     """Soundness beyond the shipped rules: random small patterns over a small alphabet, each
     tried on random texts; a text its test refuses must have no match."""
     rng = random.Random(19)
-    atoms = ["a", "b", "-", ":", ".", "[ab]", "[a-c]", "[^a]", r"\d", ".", "(?:ab|b)", "(?=a)", "(?<=-)", "(?!b)", r"\b"]
+    atoms = ["a", "b", "-", ":", ".", "[ab]", "[a-c]", "[^a]", r"\d", ".", "(?:ab|b)", "(?:-a)", "(?:a:)", "(?=a)", "(?<=-)", "(?!b)", r"\b"]
     quantifiers = ["", "", "", "?", "*", "+", "{2}", "{1,3}"]
-    alphabet = "ab-:.1c "
-    refused = 0
+    alphabet = "ab-:.1c "  # few characters, so texts often hold a pattern's literals, some of them twice
+    refused = by_count = 0
     for _ in range(400):
         parts = []
         for _ in range(rng.randint(1, 6)):
@@ -134,12 +137,14 @@ def test_random_patterns_skip_only_texts_they_cannot_match() -> None:
         may_match = check(regex)
         if may_match is None:
             continue
+        needs = requirements(regex)
         for _ in range(60):
             text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
             if not may_match(text):
                 refused += 1
                 assert regex.search(text) is None, (pattern, text)
-    assert refused > 1000
+                by_count += all(any(s in text for s in need.strings) for need in needs)  # only a count failed
+    assert refused > 1000 and by_count > 50
 
 
 def test_parser_with_prefilters_mines_the_templates_plain_drain3_mines(data_dir: Path) -> None:
