@@ -3,19 +3,20 @@ repartition hop: both reach the end, and between them they publish file replay's
 
 The input is keyed by component (as a shipper keys by source), so every window takes the hop. The
 first member to join takes every partition and starts forwarding; when the second joins, the
-cooperative rebalance moves some partitions to it (so far always the input's), and it forwards the
-rest into window partitions the first member owns and reads. When that member reaches its end and
-leaves, the other is given those window partitions: they hold lines it forwarded and never read,
-because the member that left read them and committed past them. Such a line counts as read back
-(stream/app.py, `Detector._eof_reached`); before that, the remaining member waited for it until
-its time limit.
+cooperative rebalance moves some partitions to it (seen: all six input partitions, or three of
+each topic), and lines one member forwards land in window partitions the other reads. When a
+member reaches its end and leaves, the other is given its window partitions: they hold lines the
+remaining member forwarded and never read, because the member that left read them and committed
+past them. Such a line counts as read back (stream/app.py, `Detector._eof_reached`); before that,
+the remaining member waited for it until its time limit.
 
 How the group settles varies from run to run. When the first member's input is moved before it
 forwarded anything, its window partitions are empty at that moment: it ends at once, the other
-member forwards and reads everything itself, and the case above does not occur. When this test was
-written the case occurred in 5 of 9 runs; on the code before the fix, both runs that took it
-failed at the time limit, and the runs that did not take it passed. The test prints which it was ("forwarded lines read by the other
-member on partitions ...": none listed means the case did not occur).
+member forwards and reads everything itself, and the case above does not occur. When this test
+was written the case occurred in 5 of 9 runs; on the code before the fix, both runs that took it
+failed at the time limit, and the runs that did not take it passed. The test prints which it was
+("forwarded lines read by the other member on partitions ...": none listed, the case did not
+occur).
 """
 
 from __future__ import annotations
