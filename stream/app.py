@@ -445,18 +445,18 @@ class Detector:
     def _forward(self, msg, timestamp_ms: int | None) -> None:
         """The hop: one input line to the repartition topic, once per window key it names."""
         partition, offset, value, key = msg.partition(), msg.offset(), msg.value(), msg.key()
-        keys = self._rekeyer.keys(value, key, SourceRef(self._settings.input.topic, partition, offset), timestamp_ms)
-        if isinstance(keys, DeadLetter):
+        # plain fields, no records per line: the SourceRef is made only for a dead letter
+        keys = self._rekeyer.keys_at(value, key, partition, offset, timestamp_ms)
+        if keys.__class__ is DeadLetter:
             self._engine.pipeline.dead(keys)
         elif keys:
-            headers = [(repartition.HEADER_SOURCE, source_header(partition, offset))]
-            if key is not None:
-                headers.append((repartition.HEADER_KEY, key))
+            source = (repartition.HEADER_SOURCE, source_header(partition, offset))
+            headers = [source] if key is None else [source, (repartition.HEADER_KEY, key)]
             produce, topic = self._producer.produce, self._window_topic
-            for window_key in keys:
+            for window_key in keys:  # a str key: the client encodes it (UTF-8), as .encode() did
                 while True:
                     try:
-                        produce(topic, value=value, key=window_key.encode(), headers=headers,
+                        produce(topic, value, window_key, headers=headers,
                                 timestamp=timestamp_ms or 0, on_delivery=self._forwarded)  # fmt: skip
                         break
                     except BufferError:
@@ -466,8 +466,10 @@ class Detector:
     def _forwarded(self, err, msg) -> None:  # librdkafka calls this from poll()/flush()
         if err is not None:
             self._hop_failures.append(f"{msg.topic()}: {err}")
-        elif msg.offset() > self._delivered_high.get(msg.partition(), -1):
-            self._delivered_high[msg.partition()] = msg.offset()
+            return
+        partition, offset = msg.partition(), msg.offset()
+        if offset > self._delivered_high.get(partition, -1):
+            self._delivered_high[partition] = offset
 
     def _eof_reached(self) -> bool:
         if not self._limits.stop_at_eof or not self._assigned or self._pending:

@@ -21,6 +21,7 @@ the input is keyed by component (stream/README.md, Scale-out).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from rationanomaly.stream.decoding import Decoder
+from rationanomaly.stream.decoding import Decoder, decode_letter
 from rationanomaly.stream.generic import ProfileSplitter
+from rationanomaly.stream.profiles import profile_letter
 from rationanomaly.stream.records import DeadLetter, SourceRef, WindowKind
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.windows import MISSING_KEY
@@ -41,6 +43,7 @@ SUFFIX = "-repartition"
 HEADER_KEY = "rationanomaly.key"  # the input record's own key (absent: it had none)
 HEADER_SOURCE = "rationanomaly.source"  # "<input partition>:<input offset>"
 SEGMENT_BYTES = 50 * 1024 * 1024  # Kafka Streams' choice for its repartition topics
+_HOST, _COMPONENT = 2, 4  # positions in HeaderFields (stream/profiles.py)
 
 
 class RepartitionError(RuntimeError):
@@ -131,29 +134,43 @@ class Rekeyer:
     """An input record's window keys, from the same decoding and header split the windows use."""
 
     def __init__(self, settings: DetectorSettings) -> None:
+        self._topic = settings.input.topic
         self._decoder = Decoder(settings.input.decode)
         self._headers = ProfileSplitter(settings.profile)
         w = settings.windows
         self._session = w.kind is WindowKind.SESSION
         self._findall = re.compile(w.key_pattern).findall
-        self._key_by = w.key_by
+        # where the key sits in HeaderFields (event time, content, host, level, component, ...)
+        self._field = _HOST if w.key_by == "host" else _COMPONENT
 
     def keys(self, value: bytes | None, key: bytes | None, source: SourceRef, timestamp_ms: int | None) -> list[str] | DeadLetter:
-        record = self._decoder.decode(value, key, source, timestamp_ms)
-        if isinstance(record, DeadLetter):
-            return record
-        header = self._headers.split(record)
-        if isinstance(header, DeadLetter):
-            return header
+        """The window keys of the record at `source`, or its dead letter."""
+        found = self.keys_at(value, key, source.partition, source.offset, timestamp_ms)
+        if found.__class__ is DeadLetter and found.source != source:  # a source on another topic
+            found = dataclasses.replace(found, source=source)
+        return found
+
+    def keys_at(
+        self, value: bytes | None, key: bytes | None, partition: int, offset: int, timestamp_ms: int | None
+    ) -> list[str] | DeadLetter:
+        """`keys` for the input topic's `partition` at `offset`, for the hot path: the line is
+        decoded and split into plain fields (no LogRecord or Header), and the SourceRef is made
+        only for a dead letter."""
+        decoded = self._decoder.fields(value, key)
+        if decoded.__class__ is str:
+            return decode_letter(SourceRef(self._topic, partition, offset), decoded, value, key)
+        line, key_text, host, event_ms = decoded
+        fields = self._headers.fields(line, key_text, host, event_ms, timestamp_ms)
+        if fields.__class__ is str:
+            return profile_letter(SourceRef(self._topic, partition, offset), fields, line, key_text)
         if self._session:
-            found = self._findall(header.content)
+            found = self._findall(fields[1])
             return list(dict.fromkeys(found)) if len(found) > 1 else found
-        value_of = header.host if self._key_by == "host" else header.component
-        return [value_of or MISSING_KEY]
+        return [fields[self._field] or MISSING_KEY]
 
 
 def source_header(partition: int, offset: int) -> bytes:
-    return f"{partition}:{offset}".encode()
+    return b"%d:%d" % (partition, offset)
 
 
 def read_headers(headers: list[tuple[str, bytes]] | None) -> tuple[bytes | None, tuple[int, int] | None]:

@@ -3,8 +3,12 @@ windower taking a routed line for its one key, and the marks that drop a re-forw
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from rationanomaly.stream.decoding import Decoder
+from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.records import DeadLetter, ParsedLog, SourceRef, Template, WindowKind
 from rationanomaly.stream.repartition import (
     RepartitionError,
@@ -18,7 +22,7 @@ from rationanomaly.stream.repartition import (
     topic_name,
 )
 from rationanomaly.stream.settings import load_settings
-from rationanomaly.stream.windows import Windower, WindowSettings
+from rationanomaly.stream.windows import MISSING_KEY, Windower, WindowSettings
 
 TWO_BLOCKS = b"081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.delete: blk_1 blk_-2 blk_1 is added to invalidSet"
 SRC = SourceRef("logs", 2, 40)
@@ -54,6 +58,40 @@ def test_a_record_the_hop_cannot_read_is_a_dead_letter_with_its_input_position()
     assert isinstance(letter, DeadLetter) and letter.source == SRC and letter.stage == "decode"
     unsplit = rekeyer.keys(b"no header here", None, SRC, None)
     assert isinstance(unsplit, DeadLetter) and unsplit.stage == "profile"
+
+
+@pytest.mark.parametrize(
+    ("profile", "windows", "fallback"),
+    [("hdfs", {}, None), ("bgl", {"kind": "count", "key_by": "host"}, None),
+     ("hdfs", {"kind": "count", "key_by": "component"}, "generic")],  # fmt: skip
+)
+def test_keys_at_routes_every_line_as_the_record_path_does(loghub_dir, profile, windows, fallback) -> None:
+    """The hot path's keys (plain fields, no LogRecord/Header) against the records' own decode and
+    split, line by line and dead letter by dead letter, on a real log with bad records mixed in."""
+    settings = load_settings(
+        None, profile={"name": profile, "fallback": fallback}, windows=windows, input={"topic": "logs"}
+    )
+    rekeyer = Rekeyer(settings)
+    decoder, splitter = Decoder(settings.input.decode), ProfileSplitter(settings.profile)
+    lines = (loghub_dir / f"{profile.upper()}_2k.log").read_bytes().splitlines()
+    values = [*lines, b"", b"\xff\xfe not utf-8", b"no header here blk_7", b" \r\n", b"x" * 70_000]
+    letters = 0
+    for offset, value in enumerate(values):
+        key = None if offset % 3 else b"host-%d" % (offset % 5)
+        source = SourceRef("logs", 4, offset)
+        record = decoder.decode(value, key, source, 1_700_000_000_000)
+        header = record if isinstance(record, DeadLetter) else splitter.split(record)
+        if isinstance(header, DeadLetter):
+            expected = header
+            letters += 1
+        elif rekeyer._session:  # noqa: SLF001
+            found = re.findall(settings.windows.key_pattern, header.content)
+            expected = list(dict.fromkeys(found))
+        else:
+            expected = [(header.host if settings.windows.key_by == "host" else header.component) or MISSING_KEY]
+        assert rekeyer.keys_at(value, key, 4, offset, 1_700_000_000_000) == expected
+        assert rekeyer.keys(value, key, source, 1_700_000_000_000) == expected
+    assert letters >= 4
 
 
 def test_headers_carry_the_input_key_and_position() -> None:
