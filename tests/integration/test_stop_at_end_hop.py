@@ -13,7 +13,7 @@ the remaining member waited for it until its time limit.
 How the group settles varies from run to run. When the first member's input is moved before it
 forwarded anything, its window partitions are empty at that moment: it ends at once, the other
 member forwards and reads everything itself, and the case above does not occur. When this test
-was written the case occurred in 5 of 9 runs; on the code before the fix, both runs that took it
+was written the case occurred in 5 of 10 runs; on the code before the fix, both runs that took it
 failed at the time limit, and the runs that did not take it passed. The test prints which it was
 ("forwarded lines read by the other member on partitions ...": none listed, the case did not
 occur).
