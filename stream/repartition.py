@@ -35,6 +35,7 @@ from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.profiles import profile_letter
 from rationanomaly.stream.records import DeadLetter, SourceRef, WindowKind
 from rationanomaly.stream.settings import DetectorSettings
+from rationanomaly.stream.state_topics import StateTopicError, describe_topic, partition_count
 from rationanomaly.stream.windows import MISSING_KEY
 
 log = structlog.get_logger(__name__)
@@ -109,9 +110,9 @@ def ensure_topic(admin: AdminClient, name: str, partitions: int, retention_ms: i
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise RepartitionError(f"could not create the repartition topic {name}: {exc.args[0].str()}") from exc
-        # another instance of the group created it first: check it like any existing one
-        existing = admin.list_topics(timeout=timeout_s).topics[name]
-    count = len(existing.partitions)
+        # another instance of the group created it first: check it like any existing one (its
+        # metadata may not have reached the broker answering yet: partition_count waits for it)
+    count = partition_count(admin, {} if existing is None else {name: existing}, name, timeout_s)
     if count != partitions:
         raise RepartitionError(
             f"the repartition topic {name} has {count} partitions, but the detector needs {partitions} "
@@ -119,9 +120,11 @@ def ensure_topic(admin: AdminClient, name: str, partitions: int, retention_ms: i
             f"in flight cannot be resized safely: delete it while no detector of group runs, or set "
             f"input.repartition_partitions: {count}"
         )
-    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-    configs = admin.describe_configs([resource])[resource].result(timeout_s)
-    policy = configs["cleanup.policy"].value if "cleanup.policy" in configs else "delete"
+    try:
+        configs = describe_topic(admin, ConfigResource(ConfigResource.Type.TOPIC, name), timeout_s)
+    except StateTopicError as exc:
+        raise RepartitionError(str(exc).replace("state topic", "the repartition topic")) from exc
+    policy = configs.get("cleanup.policy", "delete")
     if "compact" in policy:
         raise RepartitionError(
             f"the repartition topic {name} has cleanup.policy={policy}: compaction keeps one line per "

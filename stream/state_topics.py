@@ -113,8 +113,8 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
     if existing:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in existing]
         for spec, resource in zip(existing, resources, strict=True):
-            configs = _describe(admin, resource, timeout_s)
-            partitions = _partition_count(admin, metadata, spec.name, timeout_s)
+            configs = describe_topic(admin, resource, timeout_s)
+            partitions = partition_count(admin, metadata, spec.name, timeout_s)
             problems = spec.problems(partitions, configs)
             if problems:
                 errors.append(f"{spec.name} ({spec.purpose}): {', '.join(problems)}")
@@ -144,7 +144,7 @@ def ensure_plain_topic(admin: AdminClient, name: str, replication_factor: int, t
             raise StateTopicError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
 
 
-def _partition_count(admin: AdminClient, metadata: dict, name: str, timeout_s: float) -> int:
+def partition_count(admin: AdminClient, metadata: dict, name: str, timeout_s: float) -> int:
     # A topic another instance made a moment ago (it won the creation race) can show in the
     # metadata with no partitions yet: wait for them rather than refuse the topic as too small.
     meta = metadata.get(name)
@@ -157,7 +157,7 @@ def _partition_count(admin: AdminClient, metadata: dict, name: str, timeout_s: f
     return len(meta.partitions)
 
 
-def _describe(admin: AdminClient, resource: ConfigResource, timeout_s: float) -> dict[str, str]:
+def describe_topic(admin: AdminClient, resource: ConfigResource, timeout_s: float) -> dict[str, str]:
     # A topic made a moment ago (by another instance, or just now) may not be known yet to the
     # broker answering: that is a wait, not an error.
     deadline = time.monotonic() + timeout_s

@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from rationanomaly.stream.app import Detector, RunLimits
 from rationanomaly.stream.replay import replay_files
 from rationanomaly.stream.settings import load_settings
+from rationanomaly.stream import repartition
 from rationanomaly.stream.state_topics import StateTopicError, ensure_topics, state_topic
 from tests.conftest import create_topic
 from tests.integration.detector_support import (
@@ -82,6 +83,31 @@ def test_instances_starting_together_both_accept_the_topics_one_of_them_made(kaf
             t.join(60)
         assert len(outcomes) == 2 and not any(isinstance(o, StateTopicError) for o in outcomes), outcomes
         assert sorted(n for o in outcomes for n in o) == sorted(s.name for s in specs)  # each made once
+
+
+def test_instances_starting_together_both_accept_the_repartition_topic_one_of_them_made(kafka_bootstrap):
+    """The same race for `<group>-repartition`: the loser used to index the fresh metadata by the
+    topic's name and die with a KeyError when it was not there yet (two detectors started
+    together in test_stop_at_end_hop.py)."""
+    import threading
+
+    for _ in range(5):
+        name = unique("race-repartition")
+        outcomes: list[object] = []
+
+        def start() -> None:
+            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+            try:
+                outcomes.append(repartition.ensure_topic(admin, name, 6, 86_400_000, timeout_s=30))
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                outcomes.append(exc)
+
+        racers = [threading.Thread(target=start) for _ in range(2)]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join(60)
+        assert outcomes == [6, 6], outcomes
 
 
 def test_detector_refuses_a_wrong_state_topic_and_exits_2(kafka_bootstrap, kafka_admin, real_backend, tmp_path):
