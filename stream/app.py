@@ -85,6 +85,10 @@ class Detector:
         self._hop_failures: list[str] = []
         self._delivered_high: dict[int, int] = {}  # repartition partition -> highest offset forwarded (stop_at_eof)
         self._consumed_high: dict[int, int] = {}
+        # stop_at_eof behind the hop: the window partitions found read to the group's end, and when to look again
+        self._forwarded_checked: frozenset[int] | None = None
+        self._forwarded_check_at = 0.0
+        self._eof_offset: dict[int, int] = {}  # window partition -> offset of its last end-of-partition event
         self._at_eof: set[tuple[str, int]] = set()
         # assigned, paused, offsets and state not yet taken (`_take_assigned`)
         self._pending: dict[tuple[str, int], TopicPartition] = {}
@@ -336,6 +340,7 @@ class Detector:
                 continue
             self._assigned.discard(tp.partition)
             self._committed.pop(tp.partition, None)
+            self._eof_offset.pop(tp.partition, None)
             self._engine.pipeline.drop(tp.partition)
         if self._state is not None:
             self._state.owned(self._assigned)  # its templates' next judge is the partitions' next owner
@@ -377,6 +382,13 @@ class Detector:
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             at_eof.add((msg.topic(), msg.partition()))
+                            if msg.topic() == topic:
+                                self._eof_offset[msg.partition()] = msg.offset()
+                            elif hop is not None and msg.partition() in self._hop_assigned:
+                                # every line before it is forwarded: commit the end itself, past any
+                                # transaction markers, so the group sees this input partition done
+                                p = msg.partition()
+                                self._hop_next[p] = max(self._hop_next.get(p, 0), msg.offset())
                         elif err.fatal():
                             raise KafkaException(err)
                         else:
@@ -486,8 +498,42 @@ class Detector:
         # A forwarded line is read back when this member consumed it, or when the partition's
         # committed offset is past it: a previous owner took it (a member that left at its end).
         consumed, committed = self._consumed_high, self._committed
-        return all(consumed.get(p, -1) >= high or committed.get(p, -1) > high
-                   for p, high in self._delivered_high.items() if p in self._assigned)  # fmt: skip
+        if not all(consumed.get(p, -1) >= high or committed.get(p, -1) > high
+                   for p, high in self._delivered_high.items() if p in self._assigned):  # fmt: skip
+            return False
+        return self._group_forwarded_all()
+
+    def _group_forwarded_all(self) -> bool:
+        """Behind the hop a member's own partitions say nothing of lines other members are still
+        forwarding to it: its end is when the group has committed every input partition to its
+        end (every line on the repartition topic) and this member has read its window partitions
+        to their end after that. Ending sooner closed windows whose last lines were on their way,
+        and their next owner published the rest as a second, partial window."""
+        assigned = frozenset(self._assigned)
+        if self._forwarded_checked == assigned:
+            return True
+        mono = time.monotonic()
+        if mono < self._forwarded_check_at:
+            return False
+        self._forwarded_check_at = mono + 0.5  # broker round trips: at most twice a second
+        consumer, source = self._consumer, self._settings.input.topic
+        try:
+            inputs = consumer.committed([TopicPartition(source, p) for p in range(self._hop_inputs)], timeout=5)
+            for tp in inputs:
+                low, high = consumer.get_watermark_offsets(TopicPartition(source, tp.partition), timeout=5)
+                if tp.offset < high and low < high:  # OFFSET_INVALID on an empty partition is its end
+                    return False
+            for p in assigned:
+                # The offset the partition's end was met at, not the last record's: in exactly-once
+                # mode transaction markers follow the records, and the end is past them.
+                _, high = consumer.get_watermark_offsets(TopicPartition(self._window_topic, p), timeout=5)
+                if self._eof_offset.get(p, -1) < high:
+                    return False
+        except KafkaException as exc:
+            log.info("end_of_input_check_deferred", error=exc.args[0].str())
+            return False
+        self._forwarded_checked = assigned
+        return True
 
     def _backpressure(self) -> None:
         worker = self._engine.worker

@@ -215,8 +215,9 @@ def test_offsets_of_new_partitions_are_fetched_from_the_loop_and_retried(
     assert detector.run() == 0
     calls = detector.faulty.calls
     assert "committed-in-callback" not in calls
-    fetches = [i for i, c in enumerate(calls) if c == "committed"]
-    assert len(fetches) >= 4  # three timed out, then the one that answered
+    # the first fetches are the new partitions' (the end-of-input check behind the hop asks too, later)
+    fetches = [i for i, c in enumerate(calls) if c == "committed"][:4]
+    assert len(fetches) == 4  # three timed out, then the one that answered
     assert all("consume" in calls[a:b] for a, b in zip(fetches, fetches[1:]))  # polled between tries
 
     reference = io.BytesIO()
