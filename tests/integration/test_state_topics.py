@@ -60,28 +60,34 @@ def test_state_topics_are_made_compacted_and_wrong_ones_refused(kafka_bootstrap,
     assert name not in message  # only the wrong one is named
 
 
+def _race(bootstrap: str, make) -> list[object]:
+    """`make(admin)` by two instances at once, each with its own client: what each returned or raised."""
+    import threading
+
+    outcomes: list[object] = []
+
+    def start() -> None:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        try:
+            outcomes.append(make(admin))
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            outcomes.append(exc)
+
+    racers = [threading.Thread(target=start) for _ in range(2)]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join(60)
+    return outcomes
+
+
 def test_instances_starting_together_both_accept_the_topics_one_of_them_made(kafka_bootstrap):
     """Two instances race to make the same state topics: the loser finds them existing, maybe not
     yet with their partitions in its metadata, and must wait for them, not refuse them as too small."""
-    import threading
-
     for _ in range(3):
         specs = [state_topic(unique("race"), 4, "checkpoints"), state_topic(unique("race"), 1, "template-verdict cache")]
-        outcomes: list[object] = []
-
-        def start() -> None:
-            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # each instance its own client
-            try:
-                outcomes.append(ensure_topics(admin, specs, timeout_s=30))
-            except StateTopicError as exc:
-                outcomes.append(exc)
-
-        racers = [threading.Thread(target=start) for _ in range(2)]
-        for t in racers:
-            t.start()
-        for t in racers:
-            t.join(60)
-        assert len(outcomes) == 2 and not any(isinstance(o, StateTopicError) for o in outcomes), outcomes
+        outcomes = _race(kafka_bootstrap, lambda admin: ensure_topics(admin, specs, timeout_s=30))  # noqa: B023
+        assert len(outcomes) == 2 and not any(isinstance(o, Exception) for o in outcomes), outcomes
         assert sorted(n for o in outcomes for n in o) == sorted(s.name for s in specs)  # each made once
 
 
@@ -89,24 +95,9 @@ def test_instances_starting_together_both_accept_the_repartition_topic_one_of_th
     """The same race for `<group>-repartition`: the loser used to index the fresh metadata by the
     topic's name and die with a KeyError when it was not there yet (two detectors started
     together in test_stop_at_end_hop.py)."""
-    import threading
-
     for _ in range(5):
         name = unique("race-repartition")
-        outcomes: list[object] = []
-
-        def start() -> None:
-            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-            try:
-                outcomes.append(repartition.ensure_topic(admin, name, 6, 86_400_000, timeout_s=30))
-            except Exception as exc:  # noqa: BLE001 - any failure is the finding
-                outcomes.append(exc)
-
-        racers = [threading.Thread(target=start) for _ in range(2)]
-        for t in racers:
-            t.start()
-        for t in racers:
-            t.join(60)
+        outcomes = _race(kafka_bootstrap, lambda admin: repartition.ensure_topic(admin, name, 6, 86_400_000, timeout_s=30))  # noqa: B023
         assert outcomes == [6, 6], outcomes
 
 
