@@ -21,7 +21,6 @@ the input is keyed by component (stream/README.md, Scale-out).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import deque
 from dataclasses import dataclass, field
@@ -146,19 +145,12 @@ class Rekeyer:
         # where the key sits in HeaderFields (event time, content, host, level, component, ...)
         self._field = _HOST if w.key_by == "host" else _COMPONENT
 
-    def keys(self, value: bytes | None, key: bytes | None, source: SourceRef, timestamp_ms: int | None) -> list[str] | DeadLetter:
-        """The window keys of the record at `source`, or its dead letter."""
-        found = self.keys_at(value, key, source.partition, source.offset, timestamp_ms)
-        if found.__class__ is DeadLetter and found.source != source:  # a source on another topic
-            found = dataclasses.replace(found, source=source)
-        return found
-
     def keys_at(
         self, value: bytes | None, key: bytes | None, partition: int, offset: int, timestamp_ms: int | None
     ) -> list[str] | DeadLetter:
-        """`keys` for the input topic's `partition` at `offset`, for the hot path: the line is
-        decoded and split into plain fields (no LogRecord or Header), and the SourceRef is made
-        only for a dead letter."""
+        """The window keys of the input topic's record at `partition`, `offset`, or its dead letter.
+        The hot path: the line is decoded and split into plain fields (no LogRecord or Header),
+        and the SourceRef is made only for a dead letter."""
         decoded = self._decoder.fields(value, key)
         if decoded.__class__ is str:
             return decode_letter(SourceRef(self._topic, partition, offset), decoded, value, key)

@@ -43,20 +43,20 @@ def test_multi_line_events_with_the_hop_are_refused_with_the_way_out() -> None:
 
 
 def test_a_line_naming_several_blocks_goes_to_each_once() -> None:
-    keys = Rekeyer(load_settings(None, profile={"name": "hdfs"})).keys(TWO_BLOCKS, b"dfs.FSNamesystem", SRC, None)
+    keys = Rekeyer(load_settings(None, profile={"name": "hdfs"})).keys_at(TWO_BLOCKS, b"dfs.FSNamesystem", 2, 40, None)
     assert keys == ["blk_1", "blk_-2"]
 
 
 def test_count_windows_keyed_by_component_go_by_component() -> None:
     settings = load_settings(None, profile={"name": "hdfs"}, windows={"kind": "count", "key_by": "component"})
-    assert Rekeyer(settings).keys(TWO_BLOCKS, None, SRC, None) == ["dfs.FSNamesystem"]
+    assert Rekeyer(settings).keys_at(TWO_BLOCKS, None, 2, 40, None) == ["dfs.FSNamesystem"]
 
 
 def test_a_record_the_hop_cannot_read_is_a_dead_letter_with_its_input_position() -> None:
-    rekeyer = Rekeyer(load_settings(None, profile={"name": "hdfs"}))
-    letter = rekeyer.keys(b"\xff\xfe not utf-8", None, SRC, None)
+    rekeyer = Rekeyer(load_settings(None, profile={"name": "hdfs"}, input={"topic": SRC.topic}))
+    letter = rekeyer.keys_at(b"\xff\xfe not utf-8", None, SRC.partition, SRC.offset, None)
     assert isinstance(letter, DeadLetter) and letter.source == SRC and letter.stage == "decode"
-    unsplit = rekeyer.keys(b"no header here", None, SRC, None)
+    unsplit = rekeyer.keys_at(b"no header here", None, SRC.partition, SRC.offset, None)
     assert isinstance(unsplit, DeadLetter) and unsplit.stage == "profile"
 
 
@@ -90,7 +90,6 @@ def test_keys_at_routes_every_line_as_the_record_path_does(loghub_dir, profile, 
         else:
             expected = [(header.host if settings.windows.key_by == "host" else header.component) or MISSING_KEY]
         assert rekeyer.keys_at(value, key, 4, offset, 1_700_000_000_000) == expected
-        assert rekeyer.keys(value, key, source, 1_700_000_000_000) == expected
     assert letters >= 4
 
 
