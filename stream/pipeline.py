@@ -22,9 +22,9 @@ from rationanomaly.stream.ledger import OffsetLedger
 from rationanomaly.stream.metrics import DetectorMetrics
 from rationanomaly.stream.multiline import Event, LineJoiner
 from rationanomaly.stream.parsing import TemplateParser
-from rationanomaly.stream.profiles import profile_letter
+from rationanomaly.stream.profiles import HeaderFields, profile_letter
 from rationanomaly.stream.records import DeadLetter, LogRecord, ParsedLog, SourceRef, Window
-from rationanomaly.stream.repartition import UpstreamMarks
+from rationanomaly.stream.repartition import SplitMemo, UpstreamMarks
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.siem import selected
 from rationanomaly.stream.sinks import VerdictSink
@@ -98,6 +98,9 @@ class Pipeline:
         # Behind the hop: the input topic's partition count (the app sets it). Until each has
         # sent a line, or the wait has lasted `input.idle_timeout_s`, the watermark holds.
         self.upstream_partitions = 0
+        # Behind the hop: the splits its forward side made in this process (Rekeyer.share_splits),
+        # so a line read back here is not decoded and split again; None: every line is.
+        self.hop_memo: SplitMemo | None = None
 
     # -- partitions -------------------------------------------------------------------------
     def state(self, partition: int) -> PartitionState:
@@ -184,6 +187,12 @@ class Pipeline:
             return
         # One line is one event: decoded and split into plain fields, with no record built for
         # the stages in between (Decoder.fields, ProfileSplitter.fields).
+        if upstream is not None and self.hop_memo is not None:
+            split = self.hop_memo.get(upstream, value, key, timestamp_ms)
+            if split is not None:  # the forward side's split of this very record: no decode, no split
+                self._parsed(state, source, split, None, only_key, False)
+                self._upstream_clock(state, upstream, split[0], now_s)
+                return
         decoded = self._decode(value, key)
         if decoded.__class__ is str:
             self._dead(decode_letter(source, decoded, value, key))
@@ -191,15 +200,20 @@ class Pipeline:
         line, key_text, host, envelope_ms = decoded
         t = self._line(state, source, line, key_text, host, envelope_ms, timestamp_ms, None, only_key, upstream is None)
         if upstream is not None and t is not None:
-            if state.upstream_since_s is None:
-                state.upstream_since_s = now_s
-            clock = state.upstream_clocks.get(upstream[0])
-            if clock is None:
-                state.upstream_clocks[upstream[0]] = [t, now_s]
-            else:
-                if t > clock[0]:
-                    clock[0] = t
-                clock[1] = now_s
+            self._upstream_clock(state, upstream, t, now_s)
+
+    @staticmethod
+    def _upstream_clock(state: PartitionState, upstream: tuple[int, int], t: int, now_s: float) -> None:
+        """Behind the hop: the event time and arrival of the line's input partition (see `advance`)."""
+        if state.upstream_since_s is None:
+            state.upstream_since_s = now_s
+        clock = state.upstream_clocks.get(upstream[0])
+        if clock is None:
+            state.upstream_clocks[upstream[0]] = [t, now_s]
+        else:
+            if t > clock[0]:
+                clock[0] = t
+            clock[1] = now_s
 
     def _joiner(self) -> LineJoiner | None:
         rule = self._profile.multiline
@@ -232,6 +246,18 @@ class Pipeline:
             text = "\n".join(event.lines) if event is not None and event.line_count > 1 else line
             self._dead(profile_letter(source, fields, text, key))
             return None
+        return self._parsed(state, source, fields, event, only_key, moves_watermark)
+
+    def _parsed(
+        self,
+        state: PartitionState,
+        source: SourceRef,
+        fields: HeaderFields,
+        event: Event | None,
+        only_key: str | None,
+        moves_watermark: bool,
+    ) -> int:
+        """A split event (its header fields) into its windows; its event time."""
         event_ms, content, host, level, component, ground_truth, from_record = fields
         if event is not None and event.line_count > 1:
             # Drain3 mines the head line, led by the innermost exception's class: leading, it

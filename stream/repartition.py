@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from rationanomaly.stream.decoding import Decoder, decode_letter
 from rationanomaly.stream.generic import ProfileSplitter
-from rationanomaly.stream.profiles import profile_letter
+from rationanomaly.stream.profiles import HeaderFields, profile_letter
 from rationanomaly.stream.records import DeadLetter, SourceRef, WindowKind
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.state_topics import StateTopicError, describe_topic, partition_count
@@ -144,6 +144,18 @@ class Rekeyer:
         self._findall = re.compile(w.key_pattern).findall
         # where the key sits in HeaderFields (event time, content, host, level, component, ...)
         self._field = _HOST if w.key_by == "host" else _COMPONENT
+        self._memo: SplitMemo | None = None
+        # a fallback profile counts its lines in its own splitter (ProfileSplitter.fallbacks):
+        # handing its splits on would leave the window side's count short
+        self._shareable = settings.profile.fallback != "generic"
+
+    def share_splits(self, capacity: int = 16_384) -> SplitMemo | None:
+        """From now on, each line's split is kept for the window side of this process (the
+        pipeline's `hop_memo`), which then need not decode and split it again. None: this
+        configuration cannot share them (a fallback profile)."""
+        if self._shareable and self._memo is None:
+            self._memo = SplitMemo(capacity)
+        return self._memo
 
     def keys_at(
         self, value: bytes | None, key: bytes | None, partition: int, offset: int, timestamp_ms: int | None
@@ -158,10 +170,54 @@ class Rekeyer:
         fields = self._headers.fields(line, key_text, host, event_ms, timestamp_ms)
         if fields.__class__ is str:
             return profile_letter(SourceRef(self._topic, partition, offset), fields, line, key_text)
+        if self._memo is not None:
+            self._memo.put((partition, offset), value, key, timestamp_ms, fields)
         if self._session:
             found = self._findall(fields[1])
             return list(dict.fromkeys(found)) if len(found) > 1 else found
         return [fields[self._field] or MISSING_KEY]
+
+
+class SplitMemo:
+    """Split lines handed from the hop's forward side to its window side in one process.
+
+    A forwarded line usually comes back to the member that forwarded it, moments later; its split
+    is then taken from here instead of decoding and splitting it a second time. A split is a
+    function of the record's value, key and timestamp alone (Decoder.fields, ProfileSplitter.fields),
+    so an entry serves only a record read back with all three equal to the input record's; any
+    other is split afresh, as without the memo. Lines another member reads back leave their entries
+    unused: two generations of `capacity // 2` entries each bound the memory, the older one dropped
+    whole when the newer fills.
+    """
+
+    __slots__ = ("_young", "_old", "_half", "hits", "misses")
+
+    def __init__(self, capacity: int = 16_384) -> None:
+        self._young: dict[tuple[int, int], tuple] = {}
+        self._old: dict[tuple[int, int], tuple] = {}
+        self._half = max(1, capacity // 2)
+        self.hits = self.misses = 0
+
+    def put(self, upstream: tuple[int, int], value: bytes | None, key: bytes | None, timestamp_ms: int | None,
+            fields: HeaderFields) -> None:  # fmt: skip
+        young = self._young
+        young[upstream] = (value, key, timestamp_ms, fields)
+        if len(young) >= self._half:
+            self._old, self._young = young, {}
+
+    def get(self, upstream: tuple[int, int], value: bytes | None, key: bytes | None,
+            timestamp_ms: int | None) -> HeaderFields | None:  # fmt: skip
+        """The split of the input line at `upstream` (partition, offset), if this record is it.
+        Not removed: a line naming several window keys comes back once per key."""
+        entry = self._young.get(upstream) or self._old.get(upstream)
+        if entry is None or entry[0] != value or entry[1] != key or entry[2] != timestamp_ms:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry[3]
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
 
 
 def source_header(partition: int, offset: int) -> bytes:
