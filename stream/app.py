@@ -44,6 +44,11 @@ _REBALANCING = {
 }
 
 
+def window_group(group_id: str) -> str:
+    """The consumer group of the repartition topic behind the hop; the input's is `group_id`."""
+    return f"{group_id}-windows"
+
+
 class BrokerUnreachable(RuntimeError):
     """No broker answered within `kafka.startup_timeout_s` of the start."""
 
@@ -70,7 +75,9 @@ class Detector:
         self._backend = backend
         self._engine: Engine | None = None
         self.metrics = DetectorMetrics()
-        self._consumer: Consumer | None = None
+        self._consumer: Consumer | None = None  # the input topic's, in the group `kafka.group_id`
+        # Behind the hop, windows form on a second consumer in its own group (`_windows`).
+        self._window_consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._state: DetectorState | None = None  # checkpoints and shared caches (stream/detector_state.py)
         # Partitions of the topic windows form on (`_window_topic`: the input topic, or
@@ -132,7 +139,7 @@ class Detector:
     # -- wiring ---------------------------------------------------------------------------
     def _make_clients(self) -> None:
         s = self._settings
-        consumer_conf = {
+        self._consumer_conf = consumer_conf = {
             **self._kafka,
             "group.id": s.kafka.group_id,
             "enable.auto.commit": False,
@@ -165,13 +172,14 @@ class Detector:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
         self._hop_inputs = 0  # input partitions feeding each window partition, behind the hop
+        self._window_partitions: int | None = None  # the repartition topic's, behind the hop
         if repartition.hop_needed(s):
             self._open_hop()
         # VerdictMemory: a correction naming a verdict_id resolves to that verdict's templates
         sink = VerdictMemory(KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic))
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
         self._engine.pipeline.upstream_partitions = self._hop_inputs
-        self._state = self._open_state(self._window_topic)
+        self._state = self._open_state(self._window_topic, self._window_partitions)
 
     def _own_transactional_id(self) -> str:
         """One per instance: the host name and this process's slot on the host (stream/instance_slot.py)."""
@@ -201,20 +209,35 @@ class Detector:
         repartition.check_supported(s)
         partitions = s.input.repartition_partitions or len(meta.partitions)
         name = repartition.topic_name(s.kafka.group_id)
-        repartition.ensure_topic(AdminClient(self._kafka), name, partitions, s.input.repartition_retention_ms)
+        # Its count from here, not from metadata: the topic just made may not be in it yet, and a
+        # guess of 1 made the state topics with 1 partition (a second member then refused them).
+        self._window_partitions = repartition.ensure_topic(AdminClient(self._kafka), name, partitions,
+                                                           s.input.repartition_retention_ms)  # fmt: skip
         self._window_topic = name
         self._rekeyer = Rekeyer(s)
         self._hop_inputs = len(meta.partitions)
-        log.info("repartition_hop", input=s.input.topic, topic=name, partitions=partitions)
+        # A group of its own for the repartition topic: in one group, the assignor balances the
+        # partitions of both topics together, and one member could take every input partition and
+        # another every window partition (seen in 2 of 5 two-member runs: one did all the windows).
+        # Each group balances its own topic; both commit in the same transaction (`_commit`).
+        group = window_group(s.kafka.group_id)
+        self._window_consumer = Consumer(with_client_log({**self._consumer_conf, "group.id": group}))
+        log.info("repartition_hop", input=s.input.topic, topic=name, partitions=partitions, window_group=group)
 
-    def _open_state(self, consumed_topic: str) -> DetectorState:
+    @property
+    def _windows(self) -> Consumer:
+        """The consumer windows form on: of the repartition topic behind the hop, else the input's."""
+        return self._window_consumer if self._window_consumer is not None else self._consumer
+
+    def _open_state(self, consumed_topic: str, partitions: int | None) -> DetectorState:
         """Checkpoints for the partitions of `consumed_topic` (the topic windows form on), and the
         shared template-verdict cache, read to its end before the first line."""
         s = self._settings
         if s.state.store == "local":
             return LocalState(s, consumed_topic)
-        meta = self._consumer.list_topics(consumed_topic, timeout=30).topics.get(consumed_topic)
-        partitions = len(meta.partitions) if meta is not None and meta.error is None else 1
+        if partitions is None:
+            meta = self._consumer.list_topics(consumed_topic, timeout=30).topics.get(consumed_topic)
+            partitions = len(meta.partitions) if meta is not None and meta.error is None else 1
         return KafkaState(s, self._kafka, self._producer, self._engine, consumed_topic, partitions)
 
     def _await_broker(self) -> None:
@@ -267,20 +290,29 @@ class Detector:
         polling meanwhile, which is what lets a rebalance in progress finish."""
         if not self._pending or time.monotonic() < self._pending_retry_at:
             return
-        pending = list(self._pending.values())
-        try:
-            committed = self._consumer.committed(pending, timeout=5)
-        except KafkaException as exc:
-            # e.g. right after a broker restart, the coordinator is still loading its offsets
-            if exc.args[0].code() not in RETRIABLE_COMMIT:
-                raise
-            self._pending_tries += 1
-            self._pending_retry_at = time.monotonic() + min(5.0, 0.5 * 2 ** (self._pending_tries - 1))
-            log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=self._pending_tries,
-                     partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in pending))  # fmt: skip
-            return
-        self._pending.clear()
-        self._pending_tries = 0
+        by_consumer: dict[int, tuple[Consumer, list[TopicPartition]]] = {}
+        for tp in self._pending.values():
+            consumer = self._windows if tp.topic == self._window_topic else self._consumer
+            by_consumer.setdefault(id(consumer), (consumer, []))[1].append(tp)
+        for consumer, pending in by_consumer.values():
+            try:
+                committed = consumer.committed(pending, timeout=5)
+            except KafkaException as exc:
+                # e.g. right after a broker restart, the coordinator is still loading its offsets
+                if exc.args[0].code() not in RETRIABLE_COMMIT:
+                    raise
+                self._pending_tries += 1
+                self._pending_retry_at = time.monotonic() + min(5.0, 0.5 * 2 ** (self._pending_tries - 1))
+                log.info("committed_offsets_retry", error=exc.args[0].str(), attempt=self._pending_tries,
+                         partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in pending))  # fmt: skip
+                continue
+            for tp in committed:
+                self._pending.pop((tp.topic, tp.partition), None)
+            self._take(consumer, committed)
+        if not self._pending:
+            self._pending_tries = 0
+
+    def _take(self, consumer: Consumer, committed: list[TopicPartition]) -> None:
         windows = False
         for tp in committed:
             if tp.topic != self._window_topic:  # an input partition, forwarded through the hop
@@ -309,7 +341,7 @@ class Detector:
             self._state.caught_up()  # the group's verdicts so far, before this partition's lines
             self._state.owned(self._assigned)  # the templates this member judges for the group
         if not self._paused:  # held back for backpressure: `_backpressure` resumes them with the rest
-            self._consumer.resume(committed)
+            consumer.resume(committed)
         log.info("partitions_taken", partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -351,22 +383,31 @@ class Detector:
             self._make_clients()
         except (BrokerRefused, BrokerUnreachable, StateTopicError, RepartitionError) as exc:
             log.error("detector_stopped", error=str(exc))
-            if self._consumer is not None:
-                self._consumer.close()
+            for consumer in self._consumers():
+                consumer.close()
             self._release_slot()
             return 2
         s = self._settings
         consumer, engine = self._consumer, self._engine
         pipeline = engine.pipeline
-        topics = [s.input.topic] if self._rekeyer is None else [s.input.topic, self._window_topic]
-        consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        # Behind the hop the input's consumer only forwards (never waits: its lines are cheap and the
+        # window consumer below waits for both), and windows form on the other consumer.
+        windows = self._window_consumer
+        poll_input = s.input.poll_timeout_s if windows is None else 0.0
+        for c, topic in ((consumer, s.input.topic), (windows, self._window_topic)):
+            if c is not None:
+                c.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         started = time.monotonic()
         last_commit = started
         log.info("detector_started", topic=s.input.topic, group=s.kafka.group_id, model=engine.identity.model_id)
         link = self._link
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(s.input.poll_batch, s.input.poll_timeout_s)
+                messages = consumer.consume(s.input.poll_batch, poll_input)
+                if windows is not None:
+                    window_messages = windows.consume(s.input.poll_batch, 0.0 if messages else s.input.poll_timeout_s)
+                    if window_messages:
+                        messages = messages + window_messages if messages else window_messages
                 link.check()
                 self._take_assigned()
                 now = time.time()
@@ -445,9 +486,13 @@ class Detector:
             self._closed = True
             self._state.close()
             engine.close()
-            consumer.close()
+            for c in self._consumers():
+                c.close()
             self._release_slot()
         return 0
+
+    def _consumers(self) -> list[Consumer]:
+        return [c for c in (self._window_consumer, self._consumer) if c is not None]
 
     def _release_slot(self) -> None:
         if self._slot is not None:
@@ -541,15 +586,18 @@ class Detector:
         j = self._settings.judging
         # A circuit breaker too: while windows wait for a model that is away, new input would
         # only pile up behind them; lag grows instead, and resumes draining when it answers.
-        if not self._paused and (depth >= j.queue_max or holding) and (assignment := self._consumer.assignment()):
-            self._consumer.pause(assignment)
+        overloaded = not self._paused and (depth >= j.queue_max or holding)
+        if overloaded and (held := [(c, a) for c in self._consumers() if (a := c.assignment())]):
+            for consumer, assignment in held:
+                consumer.pause(assignment)
             self._paused = True
             self._engine.metrics.paused.set(1)
             self._engine.metrics.pauses.inc()
             log.info("partitions_paused", queue_depth=depth, model_away=holding)
         elif self._paused and depth <= j.queue_low and not holding:
             pending = self._pending
-            self._consumer.resume([tp for tp in self._consumer.assignment() if (tp.topic, tp.partition) not in pending])
+            for consumer in self._consumers():
+                consumer.resume([tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in pending])
             self._paused = False
             self._engine.metrics.paused.set(0)
             log.info("partitions_resumed", queue_depth=depth)
@@ -590,26 +638,22 @@ class Detector:
                 raise DeliveryError("checkpoints not delivered to the changelog topic")
             log.info("commit_deferred", reason="checkpoints not delivered", broker_reachable=self._link.reachable)
             return
-        window_offsets, offsets = offsets, offsets + hop_offsets
+        window_offsets = offsets
         if self._transactional:
-            if offsets:
-                self._producer.send_offsets_to_transaction(offsets, self._consumer.consumer_group_metadata(), 30)
+            # Behind the hop, two groups' offsets in one transaction, each with its own group's
+            # metadata: the coordinator of each fences that group's zombie members (KIP-447).
+            for consumer, group_offsets in ((self._windows, window_offsets), (self._consumer, hop_offsets)):
+                if group_offsets:
+                    self._producer.send_offsets_to_transaction(group_offsets, consumer.consumer_group_metadata(), 30)
             self._producer.commit_transaction(30)
             if not final:
                 self._producer.begin_transaction()
-        elif offsets:
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
-                if exc.args[0].code() in RETRIABLE_COMMIT:
-                    log.info("commit_deferred", reason=exc.args[0].str(), broker_reachable=self._link.reachable)
-                    return
-                if exc.args[0].code() not in _REBALANCING:
-                    raise
-                # The group moved on (a rebalance, or this member timed out): nothing is lost,
-                # the partition's next owner re-reads from the last commit that did succeed.
-                log.warning("commit_skipped", error=str(exc.args[0]))
-                return
+        else:
+            if window_offsets and not self._commit_offsets(self._windows, window_offsets):
+                window_offsets = []
+            if hop_offsets and not self._commit_offsets(self._consumer, hop_offsets):
+                hop_offsets = []
+        offsets = window_offsets + hop_offsets
         if offsets:
             self._link.heard_from_broker()
         for tp in window_offsets:
@@ -621,13 +665,29 @@ class Detector:
         if offsets:
             log.debug("offsets_committed", offsets={f"{tp.topic}[{tp.partition}]": tp.offset for tp in offsets})
 
+    def _commit_offsets(self, consumer: Consumer, offsets: list[TopicPartition]) -> bool:
+        """At-least-once: one group's offsets; False when the commit is left for a later try."""
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() in RETRIABLE_COMMIT:
+                log.info("commit_deferred", reason=exc.args[0].str(), broker_reachable=self._link.reachable)
+                return False
+            if exc.args[0].code() not in _REBALANCING:
+                raise
+            # The group moved on (a rebalance, or this member timed out): nothing is lost,
+            # the partition's next owner re-reads from the last commit that did succeed.
+            log.warning("commit_skipped", error=str(exc.args[0]))
+            return False
+        return True
+
     def _report_lag(self) -> None:
-        topic = self._window_topic
+        topic, windows = self._window_topic, self._windows
         for partition in self._assigned:
             tp = TopicPartition(topic, partition)
             try:
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                (position,) = self._consumer.position([tp])
+                _, high = windows.get_watermark_offsets(tp, cached=True)
+                (position,) = windows.position([tp])
             except KafkaException:
                 continue
             if high >= 0 and position.offset >= 0:

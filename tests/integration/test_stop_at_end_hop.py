@@ -3,8 +3,9 @@ repartition hop: both reach the end, and between them they publish file replay's
 
 The input is keyed by component (as a shipper keys by source), so every window takes the hop. The
 first member to join takes every partition and starts forwarding; when the second joins, the
-cooperative rebalance moves some partitions to it (seen: all six input partitions, or three of
-each topic), and lines one member forwards land in window partitions the other reads. When a
+cooperative rebalances move half of each topic to it (the input topic and the repartition topic
+have a group each, stream/README.md), and lines one member forwards land in window partitions
+the other reads. When a
 member reaches its end and leaves, the other is given its window partitions: they hold lines the
 remaining member forwarded and never read, because the member that left read them and committed
 past them. Such a line counts as read back (stream/app.py, `Detector._eof_reached`); before that,
