@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from rationanomaly.model.backends import Backend
 from rationanomaly.stream import health
@@ -78,6 +78,7 @@ class Detector:
         self._consumer: Consumer | None = None  # the input topic's, in the group `kafka.group_id`
         # Behind the hop, windows form on a second consumer in its own group (`_windows`).
         self._window_consumer: Consumer | None = None
+        self._admin: AdminClient | None = None  # behind the hop: the end-of-input check's offset lookups
         self._producer: Producer | None = None
         self._state: DetectorState | None = None  # checkpoints and shared caches (stream/detector_state.py)
         # Partitions of the topic windows form on (`_window_topic`: the input topic, or
@@ -179,6 +180,8 @@ class Detector:
         sink = VerdictMemory(KafkaSink(self._producer, routes_for(s.output), s.output.dlq_topic))
         self._engine = build_engine(s, sink, backend=self._backend, metrics=self.metrics)
         self._engine.pipeline.upstream_partitions = self._hop_inputs
+        if self._rekeyer is not None:  # a line this process forwards is not split again when read back
+            self._engine.pipeline.hop_memo = self._rekeyer.share_splits()
         self._state = self._open_state(self._window_topic, self._window_partitions)
 
     def _own_transactional_id(self) -> str:
@@ -211,7 +214,8 @@ class Detector:
         name = repartition.topic_name(s.kafka.group_id)
         # Its count from here, not from metadata: the topic just made may not be in it yet, and a
         # guess of 1 made the state topics with 1 partition (a second member then refused them).
-        self._window_partitions = repartition.ensure_topic(AdminClient(self._kafka), name, partitions,
+        self._admin = AdminClient(with_client_log(self._kafka))
+        self._window_partitions = repartition.ensure_topic(self._admin, name, partitions,
                                                            s.input.repartition_retention_ms)  # fmt: skip
         self._window_topic = name
         self._rekeyer = Rekeyer(s)
@@ -455,7 +459,12 @@ class Detector:
                 if pipeline.lines != lines_before:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
                 pipeline.advance(now, idle=not self._paused)
-                if self._eof_reached():
+                # Asked once per round: behind the hop the answer can turn true between two asks
+                # (the group check runs at most twice a second), and a second ask that ended the
+                # run found nothing in flight because the first had not let `finish` close the
+                # windows (seen: 2 lines read, 0 verdicts published, exit 0).
+                at_end = self._eof_reached()
+                if at_end:
                     # Close what is open, then keep polling while the model finishes: blocking
                     # here would outlast max.poll.interval.ms and cost the group membership.
                     pipeline.finish()
@@ -463,11 +472,13 @@ class Detector:
                 self._state.poll()
                 self._backpressure()
                 mono = time.monotonic()
-                if mono - last_commit >= s.checkpoint.interval_s:
+                if mono - last_commit >= s.checkpoint.interval_s or (
+                    hop is not None and mono - last_commit >= 0.2 and self._forwarded_to_end()
+                ):
                     self._commit(final=False)
                     self._report_lag()
                     last_commit = mono
-                if self._eof_reached() and pipeline.in_flight == 0:
+                if at_end and pipeline.in_flight == 0:
                     self.finished_s = time.monotonic()
                     log.info("end_of_input", lines=pipeline.lines, verdicts=pipeline.verdicts)
                     break
@@ -548,6 +559,17 @@ class Detector:
             return False
         return self._group_forwarded_all()
 
+    def _forwarded_to_end(self) -> bool:
+        """Stopping at the end behind the hop: this member's input partitions are all forwarded to
+        their end and not yet committed there. The group's end waits for that commit
+        (`_group_forwarded_all`), so it is made at once, not at the next checkpoint interval."""
+        if not self._limits.stop_at_eof or not self._hop_assigned or self._pending:
+            return False
+        at_eof, source, nxt, committed = self._at_eof, self._settings.input.topic, self._hop_next, self._hop_committed
+        return all((source, p) in at_eof for p in self._hop_assigned) and any(
+            nxt.get(p, -1) > committed.get(p, -1) for p in self._hop_assigned
+        )
+
     def _group_forwarded_all(self) -> bool:
         """Behind the hop a member's own partitions say nothing of lines other members are still
         forwarding to it: its end is when the group has committed every input partition to its
@@ -561,19 +583,23 @@ class Detector:
         if mono < self._forwarded_check_at:
             return False
         self._forwarded_check_at = mono + 0.5  # broker round trips: at most twice a second
-        consumer, source = self._consumer, self._settings.input.topic
+        source, windows = self._settings.input.topic, self._window_topic
+        inputs = [TopicPartition(source, p) for p in range(self._hop_inputs)]
         try:
-            inputs = consumer.committed([TopicPartition(source, p) for p in range(self._hop_inputs)], timeout=5)
-            for tp in inputs:
-                low, high = consumer.get_watermark_offsets(TopicPartition(source, tp.partition), timeout=5)
-                if tp.offset < high and low < high:  # OFFSET_INVALID on an empty partition is its end
-                    return False
-            for p in assigned:
-                # The offset the partition's end was met at, not the last record's: in exactly-once
-                # mode transaction markers follow the records, and the end is past them.
-                _, high = consumer.get_watermark_offsets(TopicPartition(self._window_topic, p), timeout=5)
-                if self._eof_offset.get(p, -1) < high:
-                    return False
+            committed = self._consumer.committed(inputs, timeout=5)
+            # every end in one request per broker (one request per partition took ~0.2 s each)
+            latest = OffsetSpec.latest()
+            asked = self._admin.list_offsets({tp: latest for tp in inputs + [TopicPartition(windows, p) for p in assigned]},
+                                             request_timeout=5)  # fmt: skip
+            ends = {(tp.topic, tp.partition): future.result().offset for tp, future in asked.items()}
+            # An input partition is done once committed at its end: a member at an input
+            # partition's end commits that end, an empty partition's too (`_forwarded_to_end`).
+            if any(tp.offset < ends[(source, tp.partition)] for tp in committed):
+                return False
+            # The offset the partition's end was met at, not the last record's: in exactly-once
+            # mode transaction markers follow the records, and the end is past them.
+            if any(self._eof_offset.get(p, -1) < ends[(windows, p)] for p in assigned):
+                return False
         except KafkaException as exc:
             log.info("end_of_input_check_deferred", error=exc.args[0].str())
             return False
