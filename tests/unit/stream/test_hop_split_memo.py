@@ -13,22 +13,9 @@ from rationanomaly.stream.repartition import Rekeyer, SplitMemo
 from rationanomaly.stream.settings import load_settings
 from rationanomaly.stream.siem import OutputFormat
 from rationanomaly.stream.sinks import JsonlSink
+from tests.unit.stream.fixed_model import AlwaysNormal
 
 BASE_MS = 1_226_260_800_000  # 2008-11-09, the HDFS logs' day
-
-
-class _Answer:
-    """A model that answers every template normal at once: windows and ids are what is compared."""
-
-    model_id = "fixed-normal"
-
-    def generate(self, conversations):
-        from rationanomaly.model.backends import Generation
-
-        return [Generation(text="<think>routine.</think> <answer>normal</answer>", latency_s=0.0) for _ in conversations]
-
-    def close(self) -> None:
-        pass
 
 
 def _hop(settings, arrivals, memo: bool, batch: int = 50) -> tuple[bytes, SplitMemo | None, int]:
@@ -36,7 +23,7 @@ def _hop(settings, arrivals, memo: bool, batch: int = 50) -> tuple[bytes, SplitM
     window side reads them back, `batch` records at a time as the consumer loop does. Returns the
     verdicts published (created at 0), the memo and the dead letters."""
     out = io.BytesIO()
-    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=_Answer())
+    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=AlwaysNormal())
     pipeline = engine.pipeline
     rekeyer = Rekeyer(settings)
     shared = rekeyer.share_splits() if memo else None

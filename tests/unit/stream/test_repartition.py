@@ -23,6 +23,7 @@ from rationanomaly.stream.repartition import (
 )
 from rationanomaly.stream.settings import load_settings
 from rationanomaly.stream.windows import MISSING_KEY, Windower, WindowSettings
+from tests.unit.stream.fixed_model import AlwaysNormal
 
 TWO_BLOCKS = b"081109 204005 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.delete: blk_1 blk_-2 blk_1 is added to invalidSet"
 SRC = SourceRef("logs", 2, 40)
@@ -149,20 +150,6 @@ def test_marks_kept_below_the_commit_restore_what_a_restart_does_not_re_read() -
 
 
 # -- a revoked partition publishes nothing more ----------------------------------------------------
-class _Answer:
-    """A model that answers every template normal at once: the bookkeeping is what is tested."""
-
-    model_id = "fixed-normal"
-
-    def generate(self, conversations):
-        from rationanomaly.model.backends import Generation
-
-        return [Generation(text="<think>routine.</think> <answer>normal</answer>", latency_s=0.0) for _ in conversations]
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_revoked_partition_never_publishes_its_windows_still_with_the_model(tmp_path) -> None:
     import io
 
@@ -172,7 +159,7 @@ def test_a_revoked_partition_never_publishes_its_windows_still_with_the_model(tm
 
     settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, state={"store": "local"})
     out = io.BytesIO()
-    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=_Answer())
+    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=AlwaysNormal())
     pipeline = engine.pipeline
     try:
         for partition in (0, 1):
@@ -214,7 +201,7 @@ def test_behind_the_hop_a_lagging_input_partition_holds_the_watermark_back(tmp_p
     ]
     settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, state={"store": "local"})
     out = io.BytesIO()
-    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=_Answer())
+    engine = build_engine(settings, JsonlSink(out, OutputFormat.NATIVE, None), backend=AlwaysNormal())
     pipeline = engine.pipeline
     pipeline.upstream_partitions = 2
     try:
@@ -246,7 +233,7 @@ def test_behind_the_hop_an_input_partition_gone_quiet_stops_holding_the_watermar
 
     settings = load_settings(None, profile={"name": "hdfs"}, metrics={"port": None}, state={"store": "local"},
                              input={"idle_timeout_s": 30})  # fmt: skip
-    engine = build_engine(settings, JsonlSink(io.BytesIO(), OutputFormat.NATIVE, None), backend=_Answer())
+    engine = build_engine(settings, JsonlSink(io.BytesIO(), OutputFormat.NATIVE, None), backend=AlwaysNormal())
     pipeline = engine.pipeline
     pipeline.upstream_partitions = 3  # input partition 2 never sends a line
     try:
