@@ -34,6 +34,10 @@ SNAPSHOT_FORMAT = "rationanomaly.drain3/1"
 # returns is re-mined under the same content-hash id). `parsing.max_clusters: null` lifts it.
 DEFAULT_MAX_TEMPLATES = 5_000
 
+# Distinct masked contents a miner remembers the cluster of (TemplateParser.parse); when full it
+# starts again, so lines with unmasked variables cost a bounded dict, not one entry per line.
+_SEEN_MAX = 4096
+
 
 class MaskRule(BaseModel):
     """One masking rule, spelt as in drain3.ini: matches of `regex_pattern` become `<mask_with>`."""
@@ -236,6 +240,13 @@ class TemplateParser:
         )
         # cluster id -> (the template tokens the Template was made from, the Template)
         self._templates: dict[int, tuple[tuple[str, ...], Template]] = {}
+        # Masked content -> (its cluster, that cluster's Template), for contents Drain3 last put
+        # in a cluster without changing anything. Drain3's answer for a content depends only on
+        # the prefix tree and the templates, and those change only when a line creates a cluster
+        # or changes a template; such a line empties this memo. Until then, a content seen before
+        # goes where it went before and changes nothing, so a hit does only what Drain3 would
+        # have done besides searching: count the line in the cluster and touch it in the LRU.
+        self._seen: dict[str, tuple[LogCluster, Template]] = {}
 
     @property
     def size(self) -> int:
@@ -252,13 +263,22 @@ class TemplateParser:
         for sub, mask, may_match in self._subs:  # _mask, inlined: it runs once per line
             if may_match is None or may_match(content):
                 content = sub(mask, content)
-        cluster, _ = self._drain.add_log_message(content)
+        seen = self._seen.get(content)
+        if seen is not None:
+            cluster = seen[0]
+            cluster.size += 1
+            self._drain.id_to_cluster[cluster.cluster_id]  # noqa: B018 - the LRU touch Drain3 makes
+            return seen[1]
+        cluster, change = self._drain.add_log_message(content)
         tokens = cluster.log_template_tokens
         known = self._templates.get(cluster.cluster_id)
         # Drain3 replaces the tokens tuple when a template changes, so identity is a full check.
-        if known is not None and known[0] is tokens:
-            return known[1]
-        return self._template(cluster)
+        template = known[1] if known is not None and known[0] is tokens else self._template(cluster)
+        if change != "none" or len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        else:
+            self._seen[content] = (cluster, template)
+        return template
 
     def match(self, content: str) -> Template | None:
         """The template `content` fits, without learning from it (None: no template fits)."""
