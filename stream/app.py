@@ -150,6 +150,10 @@ class Detector:
             "isolation.level": "read_committed",
             "fetch.max.bytes": 8 * MAX_MESSAGE_BYTES,
         }
+        if self._limits.stop_at_eof:
+            # A partition's end is reported after a fetch that finds nothing, which the broker holds
+            # for fetch.wait.max.ms (500 by default): a run that stops at the end asks sooner.
+            consumer_conf.setdefault("fetch.wait.max.ms", 100)
         # Incremental rebalancing: a member keeps its partitions while others join or leave,
         # and only the moved ones stop (stream/README.md, "Rebalancing"). kafka.extra may override.
         consumer_conf.setdefault("partition.assignment.strategy", "cooperative-sticky")
@@ -394,10 +398,10 @@ class Detector:
         s = self._settings
         consumer, engine = self._consumer, self._engine
         pipeline = engine.pipeline
-        # Behind the hop the input's consumer only forwards (never waits: its lines are cheap and the
-        # window consumer below waits for both), and windows form on the other consumer.
+        # Behind the hop the input's consumer only forwards, and windows form on the other consumer.
         windows = self._window_consumer
-        poll_input = s.input.poll_timeout_s if windows is None else 0.0
+        batch, wait = s.input.poll_batch, s.input.poll_timeout_s
+        waiter = windows or consumer
         for c, topic in ((consumer, s.input.topic), (windows, self._window_topic)):
             if c is not None:
                 c.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -407,11 +411,16 @@ class Detector:
         link = self._link
         try:
             while not self._stop.is_set():
-                messages = consumer.consume(s.input.poll_batch, poll_input)
+                # What is ready now, without waiting: `consume` hands over a part of a batch only at
+                # its timeout, so waiting for a whole batch idled out the timeout whenever fewer lines
+                # were ready (at every end of input, and on a stream slower than a batch a timeout).
+                messages = consumer.consume(batch, 0.0)
                 if windows is not None:
-                    window_messages = windows.consume(s.input.poll_batch, 0.0 if messages else s.input.poll_timeout_s)
+                    window_messages = windows.consume(batch, 0.0)
                     if window_messages:
                         messages = messages + window_messages if messages else window_messages
+                if not messages:  # nothing ready: wait for the first line, not for a whole batch
+                    messages = waiter.consume(1, wait)
                 link.check()
                 self._take_assigned()
                 now = time.time()
@@ -686,6 +695,8 @@ class Detector:
             self._committed[tp.partition] = tp.offset
         for tp in hop_offsets:
             self._hop_committed[tp.partition] = tp.offset
+        if hop_offsets:
+            self._forwarded_check_at = 0.0  # the group's end may be this commit: ask again at once
         if window_offsets:
             self._engine.save_cache()
         if offsets:
