@@ -9,8 +9,11 @@ again with shifted block ids and times (bench/replay_memory.py's `write_input`),
 blocks are new sessions and the windows of one copy close while the next is read.
 
 Paths measured, each repeat in this order, with Drain3 alone run right before and right after
-every stream run (d3 · replay · d3 · kafka · d3 · hop · d3):
+every stream run (d3 · parser · d3 · replay · d3 · kafka · d3 · hop · d3):
 1. Drain3 alone: a bare TemplateMiner over the lines' content (headers split beforehand, untimed).
+   Beside it, "parser alone": the stream's own miner over the same contents (the same masking
+   and Drain3, with its memo of contents seen, stream/parsing.py), so the template step's share
+   of every path's rate can be read off.
 2. Replay path: `replay_files` over the file (decode → profile → Drain3 → windows → verdicts).
 3. Kafka path: the live Detector over a one-partition topic holding the file, with the template
    cache warm (the real model's answers memoised in an untimed warm-up), read until end of input.
@@ -60,6 +63,7 @@ from rationanomaly.model.backends import make_backend  # noqa: E402
 from rationanomaly.model.settings import BackendSettings  # noqa: E402
 from rationanomaly.stream.app import Detector, RunLimits  # noqa: E402
 from rationanomaly.stream.decoding import Decoder  # noqa: E402
+from rationanomaly.stream.parsing import TemplateParser  # noqa: E402
 from rationanomaly.stream.pipeline import Pipeline  # noqa: E402
 from rationanomaly.stream.profiles import HeaderParser, resolve_profile  # noqa: E402
 from rationanomaly.stream.records import DeadLetter, SourceRef  # noqa: E402
@@ -114,6 +118,16 @@ def drain3_alone(contents: list[str]) -> float:
     started = time.perf_counter()
     for content in contents:
         miner.add_log_message(content)
+    return len(contents) / (time.perf_counter() - started)
+
+
+def parser_alone(contents: list[str], parsing) -> float:
+    """The stream's own miner (stream/parsing.py: the same masking, Drain3, and its memo of
+    contents seen) over the same contents: how much of a path's rate is the template step."""
+    parser = TemplateParser(parsing)
+    started = time.perf_counter()
+    for content in contents:
+        parser.parse(content)
     return len(contents) / (time.perf_counter() - started)
 
 
@@ -176,6 +190,8 @@ def kafka_run(args, values, backend, backend_settings, judging, partitions: int)
         "steady": (0.8 * len(values)) / (b - a) if b > a else float("nan"),
         "end_wait_s": end_wait,
         "span_s": end - start,
+        "start": start,  # time.monotonic() of the first record, and of the end
+        "end": end,
     }
 
 
@@ -253,8 +269,9 @@ def main() -> None:
 
     for repeat in range(args.repeats):
         d3.append(drain3_alone(contents))
-        rows = [paired("replay", {"whole run": replay_files([path], settings, io.BytesIO(), backend=backend,
-                                                             progress=False).lines_per_s})]  # fmt: skip
+        rows = [paired("parser alone", {"whole run": parser_alone(contents, settings.parsing)})]
+        rows.append(paired("replay", {"whole run": replay_files([path], settings, io.BytesIO(), backend=backend,
+                                                             progress=False).lines_per_s}))  # fmt: skip
         rows.append(kafka_figures("kafka", 1))
         if args.hop_partitions:
             rows.append(kafka_figures("hop", args.hop_partitions))
