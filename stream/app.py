@@ -244,9 +244,29 @@ class Detector:
         if s.state.store == "local":
             return LocalState(s, consumed_topic)
         if partitions is None:
-            meta = self._consumer.list_topics(consumed_topic, timeout=30).topics.get(consumed_topic)
-            partitions = len(meta.partitions) if meta is not None and meta.error is None else 1
+            partitions = self._input_partitions(consumed_topic)
         return KafkaState(s, self._kafka, self._producer, self._engine, consumed_topic, partitions)
+
+    def _input_partitions(self, topic: str) -> int:
+        """The input topic's partition count, which the state topics take: waited for while the
+        topic is not there yet. A guess of 1 made state topics too small for the topic created
+        later, and every member then refused them (as Kafka Streams stops on a missing source
+        topic, this one stops once kafka.startup_timeout_s has passed)."""
+        wait_s = self._settings.kafka.startup_timeout_s
+        deadline = time.monotonic() + wait_s
+        warned = False
+        while True:
+            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                return len(meta.partitions)
+            if not warned:
+                log.warning("waiting_for_input_topic", topic=topic, gives_up_after_s=wait_s)
+                warned = True
+            if time.monotonic() > deadline or self._stop.wait(1.0):
+                raise StateTopicError(
+                    f"the input topic {topic} does not exist (waited {wait_s:g}s, kafka.startup_timeout_s): "
+                    "create it first; the detector's state topics take its partition count"
+                )
 
     def _await_broker(self) -> None:
         """Wait for a broker to answer metadata; a clear message while waiting, then give up."""
