@@ -397,6 +397,8 @@ class TimestampReader:
 # A split line: event time, content, host, level, component, ground truth, time from the record
 # (the fields of Header, in order); the hot path takes them without building the Header.
 HeaderFields = tuple[int, str, "str | None", "str | None", "str | None", "Label | None", bool]
+# Where a window key can sit in HeaderFields (count and time windows keyed by host or component).
+HOST_FIELD, COMPONENT_FIELD = 2, 4
 
 
 class HeaderParser:

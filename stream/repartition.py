@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from rationanomaly.stream.decoding import Decoder, decode_letter
 from rationanomaly.stream.generic import ProfileSplitter
-from rationanomaly.stream.profiles import HeaderFields, profile_letter
+from rationanomaly.stream.profiles import COMPONENT_FIELD, HOST_FIELD, HeaderFields, profile_letter
 from rationanomaly.stream.records import DeadLetter, SourceRef, WindowKind
 from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.state_topics import StateTopicError, describe_topic, partition_count
@@ -43,7 +43,6 @@ SUFFIX = "-repartition"
 HEADER_KEY = "rationanomaly.key"  # the input record's own key (absent: it had none)
 HEADER_SOURCE = "rationanomaly.source"  # "<input partition>:<input offset>"
 SEGMENT_BYTES = 50 * 1024 * 1024  # Kafka Streams' choice for its repartition topics
-_HOST, _COMPONENT = 2, 4  # positions in HeaderFields (stream/profiles.py)
 
 
 class RepartitionError(RuntimeError):
@@ -143,7 +142,7 @@ class Rekeyer:
         self._session = w.kind is WindowKind.SESSION
         self._findall = re.compile(w.key_pattern).findall
         # where the key sits in HeaderFields (event time, content, host, level, component, ...)
-        self._field = _HOST if w.key_by == "host" else _COMPONENT
+        self._field = HOST_FIELD if w.key_by == "host" else COMPONENT_FIELD
         self._memo: SplitMemo | None = None
         # a fallback profile counts its lines in its own splitter (ProfileSplitter.fallbacks):
         # handing its splits on would leave the window side's count short
