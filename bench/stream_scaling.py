@@ -25,6 +25,14 @@ group's window-topic records fed in it over its length (none, "nan", when the gr
 half its input had been fed). Window-topic records are input lines
 counted once per window key they name (one each in HDFS_20000).
 
+Each run says how its group formed. The test broker completes a new group's first rebalance as
+soon as one member joins (`group.initial.rebalance.delay.ms=0`; Kafka's default is 3 s), so
+whether members started together land in one rebalance is a race. Won ("formed at once"), each
+member holds its share from the first record. Lost ("in steps"), the first member takes every
+partition, and the cooperative protocol moves half of them over the next rounds while that member
+forwards and forms windows it hands over: lines are read twice and the settling takes seconds. A
+last line gives the medians of the groups formed at once.
+
 Each member's log goes to its own file; a run that does not end in time prints which members had
 not ended and the last lines of their logs.
 """
@@ -240,6 +248,7 @@ def main() -> None:
 
     rates: dict[int, list[float]] = {n: [] for n in args.members}
     steady_rates: dict[int, list[float]] = {n: [] for n in args.members}
+    at_once: dict[int, list[float]] = {n: [] for n in args.members}  # whole-run rates of groups formed at once
     # Verdicts published by the first group size's first run: a run of another size that publishes
     # a different number split (or lost) windows, which a rate does not show.
     verdicts_seen: int | None = None
@@ -255,6 +264,16 @@ def main() -> None:
             settled, end, steady_rate, records = steady(reports)
             if steady_rate == steady_rate:  # NaN: the group settled after half its input
                 steady_rates[n].append(steady_rate)
+            # How the group formed. The coordinator completes a new group's first rebalance as
+            # soon as its first member joins (group.initial.rebalance.delay.ms: 0 on the test
+            # broker, 3 s by default): a member whose join lands after that starts with nothing,
+            # and the cooperative protocol then moves half the partitions in two more rounds,
+            # while the first member forwards and forms windows it must hand over (lines re-read).
+            reread = sum(r[4] for r in reports) - len(values)
+            formed = "at once" if settled - start < 0.5 and reread <= 0 else (
+                f"in steps: settled at {settled - start:.1f}s, {reread:,} window-topic lines read twice")
+            if n == 1 or formed == "at once":
+                at_once[n].append(rate)
             detail = ", ".join(f"member {r[0]}: window-topic lines {r[4]:,} verdicts {r[5]:,} model calls {r[6]} "
                                f"ended at {r[3] - start:.1f}s" for r in reports)  # fmt: skip
             verdicts = sum(r[5] for r in reports)
@@ -264,7 +283,8 @@ def main() -> None:
                       f"(windows split or lost between members)", flush=True)  # fmt: skip
             print(f"  {n} member(s): whole run {rate:,.0f} input lines/s over {max(r[3] for r in reports) - start:.1f}s; "
                   f"steady {steady_rate:,.0f} window-topic records/s ({records:,} records from {settled - start:.1f}s, "
-                  f"when every member held its partitions and records flowed, to {end - start:.1f}s)  [{detail}]", flush=True)  # fmt: skip
+                  f"when every member held its partitions and records flowed, to {end - start:.1f}s); "
+                  f"group formed {formed}  [{detail}]", flush=True)  # fmt: skip
     print(f"input: {len(values):,} lines, {args.partitions} partitions keyed by component, hop on; "
           f"repeats: {args.repeats} (medians); cores: {os.cpu_count()}")
     base = statistics.median(rates[args.members[0]]) if rates[args.members[0]] else float("nan")
@@ -278,6 +298,14 @@ def main() -> None:
         print(f"{n} process(es)   whole run {m:>8,.0f} lines/s   ratio to {args.members[0]}: {m / base:.2f}   "
               f"steady {sm:>8,.0f} records/s   ratio to {args.members[0]}: {sm / steady_base:.2f}   "
               f"({len(rates[n])} of {args.repeats} runs ended, {len(steady_rates[n])} with a steady span)")  # fmt: skip
+    base_once = statistics.median(at_once[args.members[0]]) if at_once[args.members[0]] else float("nan")
+    for n in args.members:
+        if at_once[n]:
+            m = statistics.median(at_once[n])
+            print(f"{n} process(es)   groups formed at once: whole run {m:>8,.0f} lines/s   ratio to {args.members[0]}: "
+                  f"{m / base_once:.2f}   ({len(at_once[n])} runs)")  # fmt: skip
+        else:
+            print(f"{n} process(es)   no group formed at once")
 
 
 if __name__ == "__main__":
