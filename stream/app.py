@@ -206,15 +206,13 @@ class Detector:
     def _open_hop(self) -> None:
         """The repartition topic, created or checked, and the stage that re-keys into it."""
         s = self._settings
-        meta = self._consumer.list_topics(s.input.topic, timeout=30).topics.get(s.input.topic)
-        if meta is None or meta.error is not None or not meta.partitions:
-            raise RepartitionError(f"the input topic {s.input.topic} does not exist (the repartition topic takes its partition count)")
-        if len(meta.partitions) == 1 and s.input.repartition_partitions is None:
+        inputs = self._input_partitions(s.input.topic)
+        if inputs == 1 and s.input.repartition_partitions is None:
             # One input partition holds every window whole already: the hop would only copy it.
             log.info("repartition_hop_skipped", input=s.input.topic, reason="the input topic has one partition")
             return
         repartition.check_supported(s)
-        partitions = s.input.repartition_partitions or len(meta.partitions)
+        partitions = s.input.repartition_partitions or inputs
         name = repartition.topic_name(s.kafka.group_id)
         # Its count from here, not from metadata: the topic just made may not be in it yet, and a
         # guess of 1 made the state topics with 1 partition (a second member then refused them).
@@ -223,7 +221,7 @@ class Detector:
                                                            s.input.repartition_retention_ms)  # fmt: skip
         self._window_topic = name
         self._rekeyer = Rekeyer(s)
-        self._hop_inputs = len(meta.partitions)
+        self._hop_inputs = inputs
         # A group of its own for the repartition topic: in one group, the assignor balances the
         # partitions of both topics together, and one member could take every input partition and
         # another every window partition (seen in 2 of 5 two-member runs: one did all the windows).
@@ -248,8 +246,8 @@ class Detector:
         return KafkaState(s, self._kafka, self._producer, self._engine, consumed_topic, partitions)
 
     def _input_partitions(self, topic: str) -> int:
-        """The input topic's partition count, which the state topics take: waited for while the
-        topic is not there yet. A guess of 1 made state topics too small for the topic created
+        """The input topic's partition count, which the repartition and state topics take: waited
+        for while the topic is not there yet. A guess of 1 made state topics too small for the topic created
         later, and every member then refused them (as Kafka Streams stops on a missing source
         topic, this one stops once kafka.startup_timeout_s has passed)."""
         wait_s = self._settings.kafka.startup_timeout_s
