@@ -247,9 +247,9 @@ class Detector:
 
     def _input_partitions(self, topic: str) -> int:
         """The input topic's partition count, which the repartition and state topics take: waited
-        for while the topic is not there yet. A guess of 1 made state topics too small for the topic created
-        later, and every member then refused them (as Kafka Streams stops on a missing source
-        topic, this one stops once kafka.startup_timeout_s has passed)."""
+        for while the topic is not there yet. A guess of 1 made state topics too small for a topic
+        created later, and every member then refused them. As Kafka Streams stops on a missing
+        source topic, this stops once kafka.startup_timeout_s has passed."""
         wait_s = self._settings.kafka.startup_timeout_s
         deadline = time.monotonic() + wait_s
         warned = False
@@ -431,7 +431,7 @@ class Detector:
             while not self._stop.is_set():
                 # What is ready now, without waiting: `consume` hands over a part of a batch only at
                 # its timeout, so waiting for a whole batch idled out the timeout whenever fewer lines
-                # were ready (at every end of input, and on a stream slower than a batch a timeout).
+                # were ready: at every end of input, and whenever lines come slower than that.
                 messages = consumer.consume(batch, 0.0)
                 if windows is not None:
                     window_messages = windows.consume(batch, 0.0)
