@@ -33,6 +33,10 @@ partition, and the cooperative protocol moves half of them over the next rounds 
 forwards and forms windows it hands over: lines are read twice and the settling takes seconds. A
 last line gives the medians of the groups formed at once.
 
+Each run prints the CPU its members and the brokers on this machine used, beside the core-seconds
+the machine had. This machine's speed drifts by tens of percent within minutes, so a larger
+group's runs are also given as ratios over the first size's runs just before and after each.
+
 Each member's log goes to its own file; a run that does not end in time prints which members had
 not ended and the last lines of their logs.
 """
@@ -93,13 +97,14 @@ def member(index: int, log_path: str, overrides: dict, backend_dump: dict, ready
     sampler = threading.Thread(target=_sample, args=(detector, samples, done), daemon=True)
     ready.release()
     go.wait()
+    cpu = time.process_time()  # this process, every thread (librdkafka's too)
     sampler.start()
     rc = detector.run()
     done.set()
     sampler.join()
     pipeline = detector._engine.pipeline  # noqa: SLF001 - counts for the report
     results.put((index, rc, detector.first_record_s, detector.finished_s, pipeline.lines, pipeline.verdicts, backend.calls,
-                 samples))  # fmt: skip
+                 samples, time.process_time() - cpu))  # fmt: skip
 
 
 def steady(reports: list[tuple]) -> tuple[float, float, float, int]:
@@ -119,6 +124,22 @@ def steady(reports: list[tuple]) -> tuple[float, float, float, int]:
     if records < total / 2:  # the group settled late: too little of the run left to call steady
         return settled, end, float("nan"), records
     return settled, end, records / (end - settled), records
+
+
+def broker_cpu_s() -> float | None:
+    """CPU seconds used so far by the Kafka brokers on this machine (every `kafka.Kafka` JVM), or
+    None when there is none to read (a remote broker)."""
+    total, found = 0.0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"kafka.Kafka" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        found = True
+    return total if found else None
 
 
 class RunHung(RuntimeError):
@@ -164,6 +185,7 @@ def group_run(args, values: list[bytes], members: int, backend_dump: dict, cache
     for _ in procs:
         if not ready.acquire(timeout=300):
             raise RuntimeError("a member did not load in time")
+    broker_before, wall_before = broker_cpu_s(), time.monotonic()
     go.set()
     reports: list[tuple] = []
     deadline = time.monotonic() + args.run_timeout
@@ -183,6 +205,7 @@ def group_run(args, values: list[bytes], members: int, backend_dump: dict, cache
             proc.kill()
         raise RunHung(f"{members} member(s): no end of input within {args.run_timeout}s "
                       f"(members ended: {sorted(ended)})") from None
+    broker_after, wall = broker_cpu_s(), time.monotonic() - wall_before
     for proc in procs:
         proc.join(60)
     if any(r[1] != 0 for r in reports):
@@ -192,6 +215,10 @@ def group_run(args, values: list[bytes], members: int, backend_dump: dict, cache
     last = max(r[3] for r in reports if r[3] is not None)
     for log_path in logs_of:
         log_path.unlink()
+    members_cpu = sum(r[8] for r in reports)
+    broker = f"{broker_after - broker_before:.1f}" if broker_before is not None and broker_after is not None else "?"
+    print(f"  CPU from the start signal to the last member's end ({wall:.1f}s, {os.cpu_count() * wall:.1f} core-s on "
+          f"this machine): members {members_cpu:.1f} core-s, broker {broker} core-s", flush=True)  # fmt: skip
     return len(values) / (last - first), reports, caches
 
 
@@ -249,6 +276,7 @@ def main() -> None:
     rates: dict[int, list[float]] = {n: [] for n in args.members}
     steady_rates: dict[int, list[float]] = {n: [] for n in args.members}
     at_once: dict[int, list[float]] = {n: [] for n in args.members}  # whole-run rates of groups formed at once
+    sequence: list[tuple[int, float]] = []  # (members, whole-run rate) in the order run
     # Verdicts published by the first group size's first run: a run of another size that publishes
     # a different number split (or lost) windows, which a rate does not show.
     verdicts_seen: int | None = None
@@ -260,6 +288,7 @@ def main() -> None:
                 print(f"  {exc}", flush=True)
                 continue
             rates[n].append(rate)
+            sequence.append((n, rate))
             start = min(r[2] for r in reports if r[2] is not None)
             settled, end, steady_rate, records = steady(reports)
             if steady_rate == steady_rate:  # NaN: the group settled after half its input
@@ -298,6 +327,23 @@ def main() -> None:
         print(f"{n} process(es)   whole run {m:>8,.0f} lines/s   ratio to {args.members[0]}: {m / base:.2f}   "
               f"steady {sm:>8,.0f} records/s   ratio to {args.members[0]}: {sm / steady_base:.2f}   "
               f"({len(rates[n])} of {args.repeats} runs ended, {len(steady_rates[n])} with a steady span)")  # fmt: skip
+    # This machine's speed drifts by tens of percent within minutes: each run of a larger group
+    # over the mean of the first size's runs just before and just after it (as the throughput
+    # bench pairs its runs with Drain3 alone).
+    first_size = args.members[0]
+    for n in args.members[1:]:
+        paired = []
+        for i, (size, rate) in enumerate(sequence):
+            if size != n:
+                continue
+            before = next((r for s_, r in reversed(sequence[:i]) if s_ == first_size), None)
+            after = next((r for s_, r in sequence[i + 1:] if s_ == first_size), None)
+            beside = [r for r in (before, after) if r is not None]
+            if beside:
+                paired.append(rate / statistics.mean(beside))
+        if paired:
+            print(f"{n} process(es)   whole run over the {first_size}-process runs beside it: median "
+                  f"{statistics.median(paired):.2f}   (per run: {' / '.join(f'{p:.2f}' for p in paired)})")  # fmt: skip
     base_once = statistics.median(at_once[args.members[0]]) if at_once[args.members[0]] else float("nan")
     for n in args.members:
         if at_once[n]:
