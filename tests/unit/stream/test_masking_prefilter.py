@@ -18,25 +18,14 @@ from rationanomaly.stream import prefilter
 from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.parsing import ParsingSettings, TemplateParser, load_masking
 from rationanomaly.stream.prefilter import Need, check, requirements
-from rationanomaly.stream.profiles import BUILTIN_PROFILES
 from rationanomaly.stream.settings import load_settings
-
-
-def _raw_logs(data_dir: Path) -> list[Path]:
-    logs = sorted((data_dir / "raw" / "loghub_2k").glob("*_2k.log")) + [data_dir / "raw" / "HDFS_20000.log"]
-    assert len(logs) == 17 and all(p.is_file() for p in logs)
-    return logs
-
-
-def _profile_of(path: Path) -> str:
-    name = path.name.split("_")[0].lower()
-    return name if name in BUILTIN_PROFILES else "generic"
+from tests.unit.stream.raw_logs import profile_of, raw_logs
 
 
 def test_a_skipped_rule_never_matches_and_masking_is_unchanged_on_every_shared_line(data_dir: Path) -> None:
     skipped = masked_lines = 0
-    for path in _raw_logs(data_dir):
-        profile = _profile_of(path)
+    for path in raw_logs(data_dir):
+        profile = profile_of(path)
         settings = load_settings(None, profile={"name": profile}, metrics={"port": None})
         parser = TemplateParser(settings.parsing)  # the profile's own rules first, then drain3.ini's
         splitter = ProfileSplitter(settings.profile)

@@ -15,8 +15,8 @@ import pytest
 
 from rationanomaly.stream.generic import ProfileSplitter
 from rationanomaly.stream.parsing import TemplateParser
-from rationanomaly.stream.profiles import BUILTIN_PROFILES
 from rationanomaly.stream.settings import load_settings
+from tests.unit.stream.raw_logs import profile_of, raw_logs
 
 
 def _contents(path: Path, profile: str) -> list[str]:
@@ -29,20 +29,11 @@ def _contents(path: Path, profile: str) -> list[str]:
     return contents
 
 
-def _logs(data_dir: Path) -> list[tuple[Path, str]]:
-    logs = sorted((data_dir / "raw" / "loghub_2k").glob("*_2k.log")) + [data_dir / "raw" / "HDFS_20000.log"]
-    assert len(logs) == 17 and all(p.is_file() for p in logs)
-    found = []
-    for path in logs:
-        name = path.name.split("_")[0].lower()
-        found.append((path, name if name in BUILTIN_PROFILES else "generic"))
-    return found
-
-
 @pytest.mark.parametrize("max_clusters", [None, 12])
 def test_the_memo_gives_drain3s_templates_and_leaves_drain3s_state(data_dir: Path, max_clusters: int | None) -> None:
     served = lines = 0
-    for path, profile in _logs(data_dir):
+    for path in raw_logs(data_dir):
+        profile = profile_of(path)
         settings = load_settings(None, profile={"name": profile}, metrics={"port": None})
         parsing = settings.parsing.model_copy(update={"max_clusters": max_clusters})
         memoised, plain = TemplateParser(parsing), TemplateParser(parsing)
