@@ -31,7 +31,7 @@ from rationanomaly.stream import instance_slot, repartition
 from rationanomaly.stream.repartition import RepartitionError, Rekeyer, read_headers, source_header
 from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
-from rationanomaly.stream.state_topics import StateTopicError
+from rationanomaly.stream.state_topics import StateTopicError, partition_count
 from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, Undelivered, routes_for
 
 log = structlog.get_logger(__name__)
@@ -251,20 +251,17 @@ class Detector:
         created later, and every member then refused them. As Kafka Streams stops on a missing
         source topic, this stops once kafka.startup_timeout_s has passed."""
         wait_s = self._settings.kafka.startup_timeout_s
-        deadline = time.monotonic() + wait_s
-        warned = False
-        while True:
-            meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                return len(meta.partitions)
-            if not warned:
-                log.warning("waiting_for_input_topic", topic=topic, gives_up_after_s=wait_s)
-                warned = True
-            if time.monotonic() > deadline or self._stop.wait(1.0):
-                raise StateTopicError(
-                    f"the input topic {topic} does not exist (waited {wait_s:g}s, kafka.startup_timeout_s): "
-                    "create it first; the detector's state topics take its partition count"
-                )
+        metadata = self._consumer.list_topics(topic, timeout=10).topics
+        meta = metadata.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            log.warning("waiting_for_input_topic", topic=topic, gives_up_after_s=wait_s)
+        count = partition_count(self._consumer, metadata, topic, wait_s, stop=self._stop)
+        if not count:
+            raise StateTopicError(
+                f"the input topic {topic} does not exist (waited {wait_s:g}s, kafka.startup_timeout_s): "
+                "create it first; the detector's state topics take its partition count"
+            )
+        return count
 
     def _await_broker(self) -> None:
         """Wait for a broker to answer metadata; a clear message while waiting, then give up."""

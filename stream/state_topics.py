@@ -16,6 +16,7 @@ state (say `cleanup.policy=delete`) is refused with one error naming the fix, ne
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -144,7 +145,10 @@ def ensure_plain_topic(admin: AdminClient, name: str, replication_factor: int, t
             raise StateTopicError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
 
 
-def partition_count(admin: AdminClient, metadata: dict, name: str, timeout_s: float) -> int:
+def partition_count(admin: AdminClient | Consumer, metadata: dict, name: str, timeout_s: float,
+                    stop: threading.Event | None = None) -> int:  # fmt: skip
+    """The topic's partition count, waited for up to `timeout_s` (or until `stop` is set); 0 when
+    it is still not there."""
     # A topic another instance made a moment ago (it won the creation race) can show in the
     # metadata with no partitions yet: wait for them rather than refuse the topic as too small.
     meta = metadata.get(name)
@@ -152,7 +156,10 @@ def partition_count(admin: AdminClient, metadata: dict, name: str, timeout_s: fl
     while meta is None or meta.error is not None or not meta.partitions:
         if time.monotonic() > deadline:
             return 0
-        time.sleep(0.2)
+        if stop is None:
+            time.sleep(0.2)
+        elif stop.wait(0.2):
+            return 0
         meta = admin.list_topics(name, timeout=timeout_s).topics.get(name)
     return len(meta.partitions)
 
