@@ -32,6 +32,7 @@ from rationanomaly.stream.settings import DetectorSettings
 from rationanomaly.stream.template_owners import TemplateOwners
 from rationanomaly.stream.template_owners import cache_key as cache_key
 from rationanomaly.stream.feedback import FeedbackLoop, VerdictMemory, apply_correction
+from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.state_topics import (
     CompactedTable,
     StateTopicError,
@@ -154,7 +155,7 @@ class KafkaState:
         if self.requests_topic is not None:
             specs.append(state_topic(self.requests_topic, consumed_partitions,
                                      "judge requests: templates asked of their owner", state.replication_factor))  # fmt: skip
-        admin = AdminClient(kafka)
+        admin = AdminClient(with_client_log(kafka))
         self.created = ensure_topics(admin, specs, timeout_s=self._timeout_s)
         self._closed = False
         self._unknown_ttl_ms = int(settings.judging.unknown_ttl_s * 1000)
@@ -193,7 +194,7 @@ class KafkaState:
             feedback_conf = {**kafka, "group.id": f"{group}-feedback", "enable.auto.commit": False,
                              "auto.offset.reset": "earliest"}  # fmt: skip
             memory = engine.sink if isinstance(engine.sink, VerdictMemory) else None
-            self.feedback = FeedbackLoop(Consumer(feedback_conf), producer, feedback_topic, self.corrections_topic,
+            self.feedback = FeedbackLoop(Consumer(with_client_log(feedback_conf)), producer, feedback_topic, self.corrections_topic,
                                          engine.sink, memory)  # fmt: skip
 
     def _cache_record(self, key: bytes, value: bytes | None) -> None:

@@ -38,6 +38,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rationanomaly.model.judgement import Judgement
+from rationanomaly.stream.kafka_log import with_client_log
 from rationanomaly.stream.records import DeadLetter, SourceRef
 from rationanomaly.stream.verdicts import Verdict
 
@@ -338,7 +339,7 @@ def import_corrections(settings, path: Path, by: str) -> int:
     from rationanomaly.stream.settings import librdkafka_config
 
     corrections = read_review_csv(path, by)
-    producer = Producer({**librdkafka_config(settings.kafka), "enable.idempotence": True})
+    producer = Producer(with_client_log({**librdkafka_config(settings.kafka), "enable.idempotence": True}))
     topic = settings.feedback.topic_for(settings.kafka.group_id)
     for c in corrections:
         producer.produce(topic, value=c.model_dump_json(exclude_none=True).encode())
