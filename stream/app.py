@@ -107,7 +107,7 @@ class Detector:
         self._transactional = settings.output.exactly_once
         self._slot: instance_slot.InstanceSlot | None = None  # held while running, for the transactional id
         self._link = BrokerLink()
-        # monotonic times of the first record and of the end of input, for throughput figures
+        # monotonic times of the first line read and of the end of input, for throughput figures
         self.first_record_s: float | None = None
         self.finished_s: float | None = None
 
@@ -441,7 +441,9 @@ class Detector:
                 now = time.time()
                 if messages:
                     link.heard_from_broker()
-                    if self.first_record_s is None:
+                    # a line, not an end-of-partition event: behind the hop the empty repartition
+                    # topic reports its ends while the input's group is still forming
+                    if self.first_record_s is None and any(m.error() is None for m in messages):
                         self.first_record_s = time.monotonic()
                 lines_before = pipeline.lines
                 # the hot loop: locals, and no per-message work that a batch can do once
