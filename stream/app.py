@@ -91,8 +91,6 @@ class Detector:
         self._hop_next: dict[int, int] = {}  # input partition -> last forwarded offset + 1
         self._hop_committed: dict[int, int] = {}
         self._hop_failures: list[str] = []
-        self._delivered_high: dict[int, int] = {}  # repartition partition -> highest offset forwarded (stop_at_eof)
-        self._consumed_high: dict[int, int] = {}
         # stop_at_eof behind the hop: the window partitions found read to the group's end, and when to look again
         self._forwarded_checked: frozenset[int] | None = None
         self._forwarded_check_at = 0.0
@@ -163,6 +161,9 @@ class Detector:
             "linger.ms": 20,
             "message.max.bytes": MAX_MESSAGE_BYTES,
             "compression.type": "zstd",
+            # Every callback on this producer records failures only: a report per delivered
+            # record was a Python call per forwarded line behind the hop, for nothing.
+            "delivery.report.only.error": True,
         }
         if self._transactional:
             # One id per instance (KIP-447: the group metadata sent with the offsets fences a
@@ -475,13 +476,12 @@ class Detector:
                         self._forward(msg, ts if ts > 0 else None)
                     else:
                         offset = msg.offset()
-                        self._consumed_high[partition] = offset
                         key, upstream = read_headers(msg.headers())
                         window_key = msg.key().decode("utf-8", "replace") if msg.key() is not None else None
                         feed(msg.value(), key, SourceRef(topic, partition, offset), ts if ts > 0 else None, now,
                              only_key=window_key, upstream=upstream)  # fmt: skip
                 if hop is not None:
-                    self._producer.poll(0)  # delivery reports of forwarded lines
+                    self._producer.poll(0)  # failed deliveries of forwarded lines
                 if pipeline.lines != lines_before:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
                 pipeline.advance(now, idle=not self._paused)
@@ -555,15 +555,12 @@ class Detector:
                         break
                     except BufferError:
                         self._producer.poll(0.1)
+            # lines forwarded after the group's end was found: it must be found again, past them
+            self._forwarded_checked = None
         self._hop_next[partition] = offset + 1
 
-    def _forwarded(self, err, msg) -> None:  # librdkafka calls this from poll()/flush()
-        if err is not None:
-            self._hop_failures.append(f"{msg.topic()}: {err}")
-            return
-        partition, offset = msg.partition(), msg.offset()
-        if offset > self._delivered_high.get(partition, -1):
-            self._delivered_high[partition] = offset
+    def _forwarded(self, err, msg) -> None:  # librdkafka calls this from poll()/flush(), on failure only
+        self._hop_failures.append(f"{msg.topic()}: {err}")
 
     def _eof_reached(self) -> bool:
         if not self._limits.stop_at_eof or not self._assigned or self._pending:
@@ -573,15 +570,9 @@ class Detector:
             return False
         if self._rekeyer is None:
             return True
-        # Behind the hop the input must be at its end too, every forwarded line delivered, and
-        # read back: the repartition partitions' end is only the end once nothing is on its way.
+        # Behind the hop the input must be at its end too, and every forwarded line delivered:
+        # the group check then reads ends that hold this member's lines, and finds them read.
         if not all((self._settings.input.topic, p) in at_eof for p in self._hop_assigned) or len(self._producer):
-            return False
-        # A forwarded line is read back when this member consumed it, or when the partition's
-        # committed offset is past it: a previous owner took it (a member that left at its end).
-        consumed, committed = self._consumed_high, self._committed
-        if not all(consumed.get(p, -1) >= high or committed.get(p, -1) > high
-                   for p, high in self._delivered_high.items() if p in self._assigned):  # fmt: skip
             return False
         return self._group_forwarded_all()
 
