@@ -24,10 +24,12 @@ BLOCK_ID = re.compile(rb"blk_-?\d+")
 HISTORY_CONFIG = {"retention.ms": "-1"}
 
 
-def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
+def create_topics(bootstrap: str, *names: str, partitions: int = 1, config: dict[str, str] | None = None) -> None:
+    """Topics that keep 2008 records (HISTORY_CONFIG), with `config` on top."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    config = {**HISTORY_CONFIG, **(config or {})}
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1, config=HISTORY_CONFIG) for n in names]
+        [NewTopic(n, num_partitions=partitions, replication_factor=1, config=config) for n in names]
     )
     for future in futures.values():
         future.result(30)

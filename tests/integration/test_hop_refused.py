@@ -13,11 +13,10 @@ from datetime import datetime, timezone
 
 import pytest
 from confluent_kafka import OFFSET_INVALID, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from rationanomaly.stream import repartition
 from rationanomaly.stream.app import Detector, RunLimits
-from tests.integration.detector_support import HISTORY_CONFIG, create_topics, unique
+from tests.integration.detector_support import create_topics, unique
 from tests.integration.test_detector_e2e import detector_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,9 +46,8 @@ def test_a_forward_the_broker_refuses_stops_the_detector_with_nothing_committed(
     # The detector's own repartition topic, made first with the refusing config (the detector
     # checks an existing one's partition count and cleanup policy, and uses it).
     name = repartition.topic_name(settings.kafka.group_id)
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    config = {**HISTORY_CONFIG, "message.timestamp.before.max.ms": str(24 * 3600 * 1000)}
-    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1, config=config)])[name].result(30)
+    create_topics(kafka_bootstrap, name, partitions=PARTITIONS,
+                  config={"message.timestamp.before.max.ms": str(24 * 3600 * 1000)})  # fmt: skip
 
     detector = Detector(settings, RunLimits(stop_at_eof=True, max_seconds=120), backend=real_backend)
     assert detector.run() == 1
