@@ -291,6 +291,9 @@ class WindowJudge:
             if owners is not None and tid in serving:
                 owners.served(tid, unknown=judgement.reason if judgement.label == "unknown" else None)
         self._metrics.templates.set(len(self.cache))
+        # One line per model call: in a group, which member paid for which template, and for whom.
+        log.info("templates_judged", templates=ids, for_others=sorted(serving or ()), away=len(away),
+                 owned=sorted(self.owners.owned) if self.owners is not None else None)  # fmt: skip
         self.model_away = self.model_away or bool(away)
         if away and hold_if_model_down:
             raise ModelDown(f"{len(away)} of {len(ids)} templates: {away[0].reason}")
