@@ -30,6 +30,7 @@ from rationanomaly.stream.records import DeadLetter, SourceRef
 from rationanomaly.stream import instance_slot, repartition
 from rationanomaly.stream.repartition import RepartitionError, Rekeyer, read_headers, source_header
 from rationanomaly.stream.kafka_log import with_client_log
+from rationanomaly.stream.log_end import LogEnds
 from rationanomaly.stream.settings import DetectorSettings, librdkafka_config
 from rationanomaly.stream.state_topics import StateTopicError, partition_count
 from rationanomaly.stream.sinks import MAX_MESSAGE_BYTES, DeliveryError, KafkaSink, Undelivered, routes_for
@@ -78,7 +79,8 @@ class Detector:
         self._consumer: Consumer | None = None  # the input topic's, in the group `kafka.group_id`
         # Behind the hop, windows form on a second consumer in its own group (`_windows`).
         self._window_consumer: Consumer | None = None
-        self._admin: AdminClient | None = None  # behind the hop: the end-of-input check's offset lookups
+        self._admin: AdminClient | None = None  # the end-of-input and idle checks' offset lookups
+        self._log_ends: LogEnds | None = None  # whether silent window partitions are at their end
         self._producer: Producer | None = None
         self._state: DetectorState | None = None  # checkpoints and shared caches (stream/detector_state.py)
         # Partitions of the topic windows form on (`_window_topic`: the input topic, or
@@ -177,6 +179,7 @@ class Detector:
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
+        self._admin = AdminClient(with_client_log(self._kafka))
         self._hop_inputs = 0  # input partitions feeding each window partition, behind the hop
         self._window_partitions: int | None = None  # the repartition topic's, behind the hop
         if repartition.hop_needed(s):
@@ -188,6 +191,7 @@ class Detector:
         if self._rekeyer is not None:  # a line this process forwards is not split again when read back
             self._engine.pipeline.hop_memo = self._rekeyer.share_splits()
         self._state = self._open_state(self._window_topic, self._window_partitions)
+        self._log_ends = LogEnds(self._admin, self._window_topic, self.metrics.silent_held.set)
 
     def _own_transactional_id(self) -> str:
         """One per instance: the host name and this process's slot on the host (stream/instance_slot.py)."""
@@ -217,7 +221,6 @@ class Detector:
         name = repartition.topic_name(s.kafka.group_id)
         # Its count from here, not from metadata: the topic just made may not be in it yet, and a
         # guess of 1 made the state topics with 1 partition (a second member then refused them).
-        self._admin = AdminClient(with_client_log(self._kafka))
         self._window_partitions = repartition.ensure_topic(self._admin, name, partitions,
                                                            s.input.repartition_retention_ms)  # fmt: skip
         self._window_topic = name
@@ -484,7 +487,10 @@ class Detector:
                     self._producer.poll(0)  # failed deliveries of forwarded lines
                 if pipeline.lines != lines_before:
                     self.metrics.lines.inc(pipeline.lines - lines_before)
-                pipeline.advance(now, idle=not self._paused)
+                quiet = frozenset()
+                if not self._paused and link.reachable:
+                    quiet = self._log_ends.at_end(pipeline.silent_partitions(now), self._eof_offset)
+                pipeline.advance(now, idle=not self._paused, quiet=quiet)
                 # Asked once per round: behind the hop the answer can turn true between two asks
                 # (the group check runs at most twice a second), and a second ask that ended the
                 # run found nothing in flight because the first had not let `finish` close the

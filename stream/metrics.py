@@ -39,6 +39,11 @@ class DetectorMetrics:
             "rationanomaly_consumer_lag", "High watermark minus position", ["partition"], registry=r
         )
         self.paused = Gauge("rationanomaly_paused", "1 while partitions are paused for backpressure", registry=r)
+        self.silent_held = Gauge(
+            "rationanomaly_silent_partitions_held",
+            "Partitions silent past input.idle_timeout_s whose windows stay open: their log is not read to its end "
+            "(a transaction still open holds it; stream/log_end.py)", registry=r,
+        )
         self.pauses = Counter("rationanomaly_backpressure_pauses", "Times the partitions were paused", registry=r)
         # Memory caps against hostile volume (stream/README.md, "Bounded memory").
         self.open_windows = Gauge("rationanomaly_open_windows", "Windows open, all partitions", registry=r)

@@ -9,6 +9,7 @@ verdicts and ids on every path. It never reads the clock: callers pass wall time
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import structlog
@@ -319,11 +320,20 @@ class Pipeline:
             )
 
     # -- time and end of input -------------------------------------------------------------
-    def advance(self, now_s: float, idle: bool = True) -> None:
+    def silent_partitions(self, now_s: float) -> list[int]:
+        """Partitions with no line for `input.idle_timeout_s`: their windows close at the next
+        `advance` unless the caller leaves them out of `quiet`."""
+        idle_s = self._settings.input.idle_timeout_s
+        return [p for p, state in self._states.items()
+                if state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s]  # fmt: skip
+
+    def advance(self, now_s: float, idle: bool = True, quiet: Container[int] | None = None) -> None:
         """Close windows the watermark has passed, and (if `idle`) those of partitions idle too long.
 
         The caller passes `idle=False` while it holds input back itself (paused partitions):
         a partition we stopped reading is not idle, and closing its windows early would split them.
+        With `quiet`, only the partitions in it close for silence: the Kafka edge confirms that a
+        silent partition is read to its log's end, not held behind a transaction (stream/log_end.py).
         """
         idle_s = self._settings.input.idle_timeout_s
         self._dead_log.tick()
@@ -338,7 +348,8 @@ class Pipeline:
             if not idle:
                 if state.last_activity_s is not None:
                     state.last_activity_s = now_s
-            elif state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s:
+            elif (state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s
+                  and (quiet is None or partition in quiet)):  # fmt: skip
                 closed += state.windower.flush()
                 state.last_activity_s = None
             if closed:
