@@ -372,12 +372,22 @@ class Detector:
         log.info("partitions_taken", partitions=sorted(self._assigned), forwarding=sorted(self._hop_assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        try:
-            if not self._closed:  # on close the final commit has already been made
-                self._commit(final=False)
-        except (KafkaException, RuntimeError):
-            log.exception("commit_on_revoke_failed")
-        self._release(partitions)
+        judge = self._engine.judge
+        routed = (judge.owners is not None and not self._closed
+                  and any(tp.topic == self._window_topic for tp in partitions))  # fmt: skip
+        # Their templates' next owner reads the cache topic when it takes them: the answers of a
+        # model call in flight here go out first (in this commit), not after it judged them again.
+        with judge.between_model_calls(self._settings.judging.handover_wait_s if routed else 0.0) as idle:
+            if routed and not idle:
+                log.warning("handover_without_model_answers", waited_s=self._settings.judging.handover_wait_s)
+            try:
+                if not self._closed:  # on close the final commit has already been made
+                    if routed:
+                        self._state.flush(5.0)  # the answers, and the served requests' tombstones
+                    self._commit(final=False)
+            except (KafkaException, RuntimeError):
+                log.exception("commit_on_revoke_failed")
+            self._release(partitions)
         log.info("partitions_revoked", removed=sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -11,7 +11,8 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,9 +226,30 @@ class WindowJudge:
             settings.unknown_ttl_s, settings.cache_max_templates, metrics.template_cache_evictions.inc
         )
         self.model_away = False  # whether the last `judge` met the model away
+        # Held across a model call and the caching of its answers (`between_model_calls`).
+        self._model_call = threading.Lock()
         # Set in a consumer group (stream/detector_state.py): the template's owner judges it,
         # this member asks and waits (stream/template_owners.py). None: judge everything here.
         self.owners: TemplateOwners | None = None
+
+    @contextmanager
+    def between_model_calls(self, timeout_s: float) -> Iterator[bool]:
+        """No model call runs inside (True), or none could be waited for that long (False).
+
+        A member losing partitions enters here before their templates move: the call in flight
+        ends first, its answers cached and in the outbox to the group's cache topic, and no new
+        one starts on requests it no longer owns. So the next owner, which reads that topic on
+        assignment, finds them instead of asking the model again. Without it, a member that
+        joins while a call is in flight pays again for the templates of the partitions it takes:
+        the likeliest cause of 24 calls for 18 templates in one CI run of the scale-out test,
+        where the new member joined later than usual, as the windows closed.
+        """
+        taken = self._model_call.acquire(timeout=timeout_s)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self._model_call.release()
 
     def judge_cached(self, window: Window) -> JudgedWindow | None:
         """The verdict from the template cache alone, or None if a template still needs the model.
@@ -274,6 +296,11 @@ class WindowJudge:
                 serving: dict[str, str] | None = None) -> dict[str, Judgement]:  # fmt: skip
         """One model call for `wanted` (id -> text); answers cached (so shared), and the requests
         among them (`serving`, other members') marked served, or retried later if the model was away."""
+        with self._model_call:
+            return self._decide_locked(wanted, hold_if_model_down, serving)
+
+    def _decide_locked(self, wanted: dict[str, str], hold_if_model_down: bool,
+                       serving: dict[str, str] | None) -> dict[str, Judgement]:  # fmt: skip
         ids = list(wanted)
         judgements = self._decider.decide([wanted[t] for t in ids])
         owners = self.owners if serving else None

@@ -113,6 +113,9 @@ class JudgeSettings(_Section):
     # (stream/template_owners.py); one that met it elsewhere asks and waits this long for the
     # answer, then judges it itself (a silent owner costs one model call twice, never a window).
     remote_wait_s: float = Field(120.0, gt=0)
+    # A member losing partitions lets the model call in flight finish, and shares its answers,
+    # before their templates' next owner may judge them; it waits this long at most.
+    handover_wait_s: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _low_below_max(self) -> JudgeSettings:

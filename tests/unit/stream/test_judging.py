@@ -317,3 +317,45 @@ def test_a_windows_provenance_comes_from_its_abnormal_templates_and_survives_the
     hit = again.judge_cached(window("d", {"t1": "write failed", "t2": "read failed"}))
     assert hit is not None and (hit.decision, hit.rationale_source, hit.template_sources) == (
         "rank", "draft", {"t1": "draft", "t2": "model"})
+
+
+class GatedClassifier(ScriptedClassifier):
+    """Answers only once `go` is set, so a model call stays in flight as long as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.called = threading.Event()
+        self.go = threading.Event()
+
+    def decide(self, inputs):
+        self.called.set()
+        assert self.go.wait(10)
+        return super().decide(inputs)
+
+
+def test_a_handover_waits_for_the_model_call_in_flight_and_starts_none():
+    """What a member losing partitions relies on (app._on_revoke): inside `between_model_calls`
+    the answers of the call that was in flight are cached, and no new call begins."""
+    import threading
+
+    decider = GatedClassifier()
+    judge = WindowJudge(decider, JudgeSettings(mode=JudgeMode.TEMPLATE), DetectorMetrics())
+    first = threading.Thread(target=judge.judge, args=([window("a", {"t1": "block served"})],))
+    first.start()
+    assert decider.called.wait(10)
+    with judge.between_model_calls(0.2) as idle:
+        assert not idle  # the call is still in flight: the caller is told it did not wait it out
+    threading.Timer(0.3, decider.go.set).start()
+    with judge.between_model_calls(10) as idle:
+        assert idle and judge.cache.get("t1") is not None  # its answer is in before the handover
+        decider.called.clear()
+        second = threading.Thread(target=judge.judge, args=([window("b", {"t2": "write failed"})],))
+        second.start()
+        assert not decider.called.wait(0.5)  # no new call while ownership changes
+    assert decider.called.wait(10)
+    second.join(10)
+    first.join(10)
+    assert judge.cache.get("t2").label == "abnormal"
+    assert decider.asked == ["block served", "write failed"]
