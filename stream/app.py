@@ -179,7 +179,7 @@ class Detector:
         if self._transactional:
             self._producer.init_transactions(30)
             self._producer.begin_transaction()
-        self._admin = AdminClient(with_client_log(self._kafka))
+        self._admin = self._new_admin()
         self._hop_inputs = 0  # input partitions feeding each window partition, behind the hop
         self._window_partitions: int | None = None  # the repartition topic's, behind the hop
         if repartition.hop_needed(s):
@@ -191,7 +191,10 @@ class Detector:
         if self._rekeyer is not None:  # a line this process forwards is not split again when read back
             self._engine.pipeline.hop_memo = self._rekeyer.share_splits()
         self._state = self._open_state(self._window_topic, self._window_partitions)
-        self._log_ends = LogEnds(self._admin, self._window_topic, self.metrics.silent_held.set)
+        self._log_ends = LogEnds(self._new_admin, self._window_topic, self.metrics.silent_held.set)
+
+    def _new_admin(self) -> AdminClient:
+        return AdminClient(with_client_log(self._kafka))
 
     def _own_transactional_id(self) -> str:
         """One per instance: the host name and this process's slot on the host (stream/instance_slot.py)."""
@@ -635,6 +638,7 @@ class Detector:
                 return False
         except KafkaException as exc:
             log.info("end_of_input_check_deferred", error=exc.args[0].str())
+            self._admin = self._new_admin()  # one refused after a broker restart stays refused (log_end.py)
             return False
         self._forwarded_checked = assigned
         return True

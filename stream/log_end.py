@@ -29,9 +29,10 @@ log = structlog.get_logger(__name__)
 class LogEnds:
     """Asks the broker where the logs of silent partitions end, at most once per `recheck_s`."""
 
-    def __init__(self, admin: AdminClient, topic: str, on_held: Callable[[int], None], recheck_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self._admin = admin
+    def __init__(self, make_admin: Callable[[], AdminClient], topic: str, on_held: Callable[[int], None],
+                 recheck_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self._make_admin = make_admin
+        self._admin = make_admin()
         self._on_held = on_held  # how many silent partitions are held, on each change
         self._topic = topic
         self._recheck_s = recheck_s
@@ -62,6 +63,9 @@ class LogEnds:
                 stable = self._ends(asked, IsolationLevel.READ_COMMITTED)
         except KafkaException as exc:
             log.info("log_end_check_deferred", topic=self._topic, error=exc.args[0].str())
+            # After a broker restart, a client asking with the leader epochs it knew is refused for
+            # good ("Leader epoch is older than broker epoch"); a new one looks them up afresh.
+            self._admin = self._make_admin()
             return frozenset()
         if held != self._held:
             self._change(held, log_end, stable, ends_met)
