@@ -59,6 +59,11 @@ class PartitionState:
     upstream_since_s: float | None = None  # when the first line behind the hop came
 
 
+def _silent(state: PartitionState, now_s: float, idle_s: float) -> bool:
+    """No line for `idle_s` on a partition that has had one since its windows last closed for it."""
+    return state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s
+
+
 @dataclass(frozen=True, slots=True)
 class ModelIdentity:
     model_id: str
@@ -324,8 +329,7 @@ class Pipeline:
         """Partitions with no line for `input.idle_timeout_s`: their windows close at the next
         `advance` unless the caller leaves them out of `quiet`."""
         idle_s = self._settings.input.idle_timeout_s
-        return [p for p, state in self._states.items()
-                if state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s]  # fmt: skip
+        return [p for p, state in self._states.items() if _silent(state, now_s, idle_s)]
 
     def advance(self, now_s: float, idle: bool = True, quiet: Container[int] | None = None) -> None:
         """Close windows the watermark has passed, and (if `idle`) those of partitions idle too long.
@@ -348,8 +352,7 @@ class Pipeline:
             if not idle:
                 if state.last_activity_s is not None:
                     state.last_activity_s = now_s
-            elif (state.last_activity_s is not None and now_s - state.last_activity_s >= idle_s
-                  and (quiet is None or partition in quiet)):  # fmt: skip
+            elif _silent(state, now_s, idle_s) and (quiet is None or partition in quiet):
                 closed += state.windower.flush()
                 state.last_activity_s = None
             if closed:
